@@ -1,0 +1,261 @@
+"""Word-level language-modelling corpora (Penn Treebank and friends).
+
+A corpus directory holds either ``train.txt``, ``valid.txt`` and ``test.txt``
+(the PTB layout), or a single ``input.txt`` (e.g. Tiny Shakespeare), which is
+split by lines into train / valid / test by fraction. When the directory has a
+``SHA256SUMS`` file, every file it lists is checked before anything is read.
+
+Each non-empty line is split on whitespace and ends with an ``<eos>`` token.
+The vocabulary comes from the training text in order of first appearance; a
+validation or test word outside it maps to ``<unk>`` (added to the vocabulary
+only when the training text lacks it and such words exist). PTB needs neither:
+its vocabulary is exactly 10,000 and valid/test stay inside it.
+
+Batches follow the PyTorch/ENAS convention: the id stream is cut into ``B``
+contiguous columns (``batchify``), and a BPTT window at row ``position`` gives
+``inputs = data[position : position + T]`` and the targets one row later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+EOS = "<eos>"
+UNK = "<unk>"
+SPLITS = ("train", "valid", "test")
+SINGLE_FILE = "input.txt"
+CHECKSUMS = "SHA256SUMS"
+
+
+class DataError(ValueError):
+  """A corpus directory is missing, incomplete, altered or unreadable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Token ids of the three splits and the vocabulary that made them."""
+  vocab: tuple[str, ...]
+  train: np.ndarray  # int32[num_train_tokens]
+  valid: np.ndarray  # int32[num_valid_tokens]
+  test: np.ndarray  # int32[num_test_tokens]
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.vocab)
+
+  def split(self, name: str) -> np.ndarray:
+    if name not in SPLITS:
+      raise ValueError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
+    return getattr(self, name)
+
+  def decode(self, ids) -> list[str]:
+    return [self.vocab[int(i)] for i in np.asarray(ids).reshape(-1)]
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def verify_checksums(data_dir: str) -> list[str]:
+  """Checks every file listed in ``data_dir/SHA256SUMS``.
+
+  Returns the verified file names (empty when there is no ``SHA256SUMS``).
+
+  Raises:
+    DataError: naming the first missing or altered file.
+  """
+  sums_path = os.path.join(data_dir, CHECKSUMS)
+  if not os.path.exists(sums_path):
+    return []
+  verified = []
+  with open(sums_path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      line = line.strip()
+      if not line or line.startswith("#"):
+        continue
+      parts = line.split(maxsplit=1)
+      if len(parts) != 2 or len(parts[0]) != 64:
+        raise DataError(f"{sums_path}:{lineno}: not a 'sha256  filename' line")
+      expected, name = parts[0].lower(), parts[1].lstrip("*").strip()
+      path = os.path.join(data_dir, name)
+      if not os.path.isfile(path):
+        raise DataError(f"{path}: listed in {CHECKSUMS} but missing")
+      actual = _sha256(path)
+      if actual != expected:
+        raise DataError(
+            f"{path}: checksum mismatch (file truncated or altered?): "
+            f"sha256 {actual}, {CHECKSUMS} says {expected}")
+      verified.append(name)
+  return verified
+
+
+def _read_lines(path: str) -> list[list[str]]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not UTF-8 text ({e})") from None
+  return [line.split() for line in text.splitlines() if line.strip()]
+
+
+def _tokens(lines: list[list[str]]) -> list[str]:
+  out = []
+  for words in lines:
+    out.extend(words)
+    out.append(EOS)
+  return out
+
+
+def _split_lines(lines, fractions):
+  n = len(lines)
+  n_train = int(round(fractions[0] * n))
+  n_valid = int(round(fractions[1] * n))
+  return lines[:n_train], lines[n_train:n_train + n_valid], lines[n_train + n_valid:]
+
+
+def load_corpus(data_dir: str, *, verify: bool = True,
+                split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
+                ) -> Corpus:
+  """Reads and tokenises a corpus directory.
+
+  Args:
+    data_dir: a directory with ``train.txt``/``valid.txt``/``test.txt`` or a
+      single ``input.txt``.
+    verify: check ``SHA256SUMS`` when present.
+    split_fractions: line fractions for train/valid/test, used only for a
+      single-file corpus (contiguous blocks, in file order).
+
+  Raises:
+    DataError: the directory or a file is missing, a checksum fails, or a split
+      is empty; the message names the file.
+  """
+  if not os.path.isdir(data_dir):
+    raise DataError(f"{data_dir}: data directory not found")
+  if verify:
+    verify_checksums(data_dir)
+
+  split_paths = [os.path.join(data_dir, f"{s}.txt") for s in SPLITS]
+  single = os.path.join(data_dir, SINGLE_FILE)
+  if all(os.path.isfile(p) for p in split_paths):
+    lines = [_read_lines(p) for p in split_paths]
+    sources = split_paths
+  elif os.path.isfile(single) and not any(os.path.isfile(p) for p in split_paths):
+    if len(split_fractions) != 3 or any(f <= 0 for f in split_fractions) or (
+        abs(sum(split_fractions) - 1.0) > 1e-6):
+      raise ValueError(
+          f"split_fractions must be three positive numbers summing to 1, got "
+          f"{split_fractions}")
+    lines = list(_split_lines(_read_lines(single), split_fractions))
+    sources = [f"{single} ({s} part)" for s in SPLITS]
+  else:
+    missing = [p for p in split_paths if not os.path.isfile(p)]
+    raise DataError(
+        f"{missing[0]}: missing (a corpus directory holds train.txt, valid.txt "
+        f"and test.txt, or a single {SINGLE_FILE})")
+
+  tokens = [_tokens(l) for l in lines]
+  for source, toks in zip(sources, tokens):
+    if not toks:
+      raise DataError(f"{source}: no text")
+
+  word_to_id: dict[str, int] = {}
+  for w in tokens[0]:
+    if w not in word_to_id:
+      word_to_id[w] = len(word_to_id)
+  oov = any(w not in word_to_id for toks in tokens[1:] for w in toks)
+  if oov and UNK not in word_to_id:
+    word_to_id[UNK] = len(word_to_id)
+  unk = word_to_id.get(UNK, -1)
+
+  def ids(toks):
+    return np.fromiter((word_to_id.get(w, unk) for w in toks), dtype=np.int32,
+                       count=len(toks))
+
+  vocab = tuple(word_to_id)
+  return Corpus(vocab=vocab, train=ids(tokens[0]), valid=ids(tokens[1]),
+                test=ids(tokens[2]))
+
+
+def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
+  """Cuts a token stream into ``batch_size`` contiguous columns.
+
+  Returns ``int32[L, B]`` with ``L = len(ids) // B``; column ``b`` is the
+  ``b``-th contiguous chunk of the stream and the tail that does not fill a
+  row is dropped (the PyTorch word-language-model convention).
+  """
+  ids = np.asarray(ids)
+  if ids.ndim != 1:
+    raise ValueError(f"batchify expects a 1-D token stream, got shape {ids.shape}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  rows = ids.shape[0] // batch_size
+  if rows < 2:
+    raise ValueError(
+        f"{ids.shape[0]} tokens are too few for batch size {batch_size}: each "
+        f"column needs at least 2 tokens (an input and its target)")
+  return np.ascontiguousarray(
+      ids[:rows * batch_size].reshape(batch_size, rows).T.astype(np.int32))
+
+
+class Batch(NamedTuple):
+  inputs: np.ndarray  # int32[T, B]
+  targets: np.ndarray  # int32[T, B]
+  position: int  # row of ``inputs[0]`` in the batchified data
+
+
+def num_windows(data: np.ndarray, bptt: int, *, drop_last: bool = False) -> int:
+  """How many BPTT windows ``iterate_bptt`` yields from row 0."""
+  if bptt < 1:
+    raise ValueError(f"bptt must be >= 1, got {bptt}")
+  usable = data.shape[0] - 1
+  return usable // bptt if drop_last else -(-usable // bptt)
+
+
+def get_batch(data: np.ndarray, position: int, bptt: int) -> Batch:
+  """The BPTT window starting at row ``position`` (shorter at the end)."""
+  rows = data.shape[0]
+  if not 0 <= position < rows - 1:
+    raise ValueError(
+        f"position {position} out of range: data has {rows} rows, so windows "
+        f"start at 0..{rows - 2}")
+  length = min(bptt, rows - 1 - position)
+  return Batch(inputs=data[position:position + length],
+               targets=data[position + 1:position + 1 + length],
+               position=position)
+
+
+def iterate_bptt(data: np.ndarray, bptt: int, *, start: int = 0,
+                 drop_last: bool = False) -> Iterator[Batch]:
+  """Yields consecutive BPTT windows of ``data[L, B]`` from row ``start``.
+
+  Deterministic: the windows start at ``start, start + T, ...``. With
+  ``drop_last`` a final window shorter than ``bptt`` is skipped (fixed shapes
+  for jitted training); without it the tail is yielded so that every target is
+  seen once (exact evaluation). Resume by passing the ``position`` after the
+  last consumed batch (``batch.position + len(batch.inputs)``).
+  """
+  # Arguments are checked here, at the call, not at the first next().
+  if bptt < 1:
+    raise ValueError(f"bptt must be >= 1, got {bptt}")
+  rows = data.shape[0]
+  if not 0 <= start <= rows - 1:
+    raise ValueError(f"start {start} out of range 0..{rows - 1}")
+  return _windows(data, bptt, start, drop_last)
+
+
+def _windows(data, bptt, position, drop_last):
+  while position < data.shape[0] - 1:
+    batch = get_batch(data, position, bptt)
+    if drop_last and batch.inputs.shape[0] < bptt:
+      return
+    yield batch
+    position += batch.inputs.shape[0]

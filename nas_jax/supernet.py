@@ -1,0 +1,211 @@
+"""The weight-shared ENAS language model (the *supernet*), as pure functions.
+
+Every cell of the search space runs through the same parameters:
+
+* node 0 owns ``w_x`` and ``w_h`` (input and recurrent weights, each producing
+  the gate ``c`` and the candidate ``h`` side by side: ``[H, 2H]``);
+* every ordered pair ``(j, l)`` with ``j < l`` owns ``w_pairs[pair_index(j, l)]``
+  (``[H, 2H]``), used when node ``l`` reads node ``j``.
+
+The architecture is an ``int32[2N-1]`` array *argument*, never a static one:
+the per-pair weights are gathered by index, the activation is selected by
+index and the loose-end mean is a mask, so one compiled program serves every
+cell and ``jax.vmap`` scores a batch of cells on the same data.
+
+Cell equations (DESIGN.md), per time step with input ``x`` and state ``h_prev``::
+
+    c0 = sigmoid(x W_xc + h_prev W_hc);  h0 = c0 * f0(x W_xh + h_prev W_hh) + (1 - c0) * h_prev
+    cl = sigmoid(h_j W^c_jl);             hl = cl * fl(h_j W^h_jl) + (1 - cl) * h_j
+    output = mean of the loose ends;      next state = h_{N-1}
+
+Regularisation (``train=True``, needs a ``key``): embedding dropout (whole
+word rows), locked dropout on the cell inputs and outputs (one mask per
+sequence), DropConnect on node 0's recurrent weights (one mask per call), and
+a per-example clip of the next state's L2 norm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nas_jax import search_space
+
+Params = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetConfig:
+  """Static sizes and regularisation of the supernet (hashable).
+
+  ``hidden_size`` is both the embedding and the hidden size: the input
+  embedding is tied to the output projection.
+  """
+  vocab_size: int = 10_000
+  hidden_size: int = 1000
+  num_nodes: int = 12
+  embed_dropout: float = 0.1
+  input_dropout: float = 0.65
+  output_dropout: float = 0.4
+  recurrent_dropconnect: float = 0.5
+  hidden_clip: float = 25.0
+  init_range: float = 0.1
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "num_nodes"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    for name in ("embed_dropout", "input_dropout", "output_dropout",
+                 "recurrent_dropconnect"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+    if self.hidden_clip <= 0:
+      raise ValueError(f"hidden_clip must be > 0, got {self.hidden_clip}")
+
+  @property
+  def num_pairs(self) -> int:
+    return self.num_nodes * (self.num_nodes - 1) // 2
+
+
+def pair_index(j, l):
+  """Row of ``w_pairs`` for the edge ``j -> l`` (``0 <= j < l``)."""
+  return l * (l - 1) // 2 + j
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def init(key: jax.Array, config: SupernetConfig) -> Params:
+  """Parameters, all ``U(-init_range, init_range)`` except a zero output bias."""
+  v, h, r = config.vocab_size, config.hidden_size, config.init_range
+  k_emb, k_x, k_h, k_pairs = jax.random.split(key, 4)
+
+  def uniform(k, shape):
+    return jax.random.uniform(k, shape, jnp.float32, -r, r)
+
+  return {
+      "embedding": uniform(k_emb, (v, h)),
+      "decoder_bias": jnp.zeros((v,), jnp.float32),
+      "w_x": uniform(k_x, (h, 2 * h)),
+      "w_h": uniform(k_h, (h, 2 * h)),
+      "w_pairs": uniform(k_pairs, (config.num_pairs, h, 2 * h)),
+  }
+
+
+def init_carry(batch_size: int, config: SupernetConfig) -> jax.Array:
+  """The zero hidden state ``float32[B, H]``."""
+  return jnp.zeros((batch_size, config.hidden_size), jnp.float32)
+
+
+def num_params(params: Params) -> int:
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def activation(index: jax.Array, x: jax.Array) -> jax.Array:
+  """``ACTIVATIONS[index](x)`` with ``index`` a traced int32 scalar."""
+  return jax.lax.select_n(index, jnp.tanh(x), jax.nn.relu(x), x,
+                          jax.nn.sigmoid(x))
+
+
+def _dropout_mask(key, shape, rate):
+  keep = 1.0 - rate
+  return jax.random.bernoulli(key, keep, shape).astype(jnp.float32) / keep
+
+
+def _highway(gate_and_candidate, act, h_in):
+  c, candidate = jnp.split(gate_and_candidate, 2, axis=-1)
+  c = jax.nn.sigmoid(c)
+  return c * activation(act, candidate) + (1.0 - c) * h_in
+
+
+def _clip_norm(h, max_norm):
+  # Scale rows with ||h|| > max_norm down to max_norm. Working on the squared
+  # norm keeps the gradient finite when a row is exactly zero.
+  sq = jnp.sum(h * h, axis=-1, keepdims=True)
+  return h * (max_norm * jax.lax.rsqrt(jnp.maximum(sq, max_norm * max_norm)))
+
+
+def apply(params: Params, arch: jax.Array, inputs: jax.Array, carry: jax.Array,
+          *, config: SupernetConfig, key: jax.Array | None = None,
+          train: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Runs the language model with cell ``arch`` over a sequence.
+
+  Args:
+    params: from :func:`init`.
+    arch: ``int32[2N-1]`` cell tokens (ENAS order); a traced array.
+    inputs: ``int32[T, B]`` token ids.
+    carry: ``float32[B, H]`` hidden state from the previous segment.
+    config: the static sizes and regularisation.
+    key: PRNG key for the dropouts; required when ``train``.
+    train: apply dropouts and the hidden-norm clip.
+
+  Returns:
+    ``(logits float32[T, B, V], carry float32[B, H])``.
+  """
+  n = config.num_nodes
+  if arch.shape != (search_space.num_tokens(n),):
+    raise ValueError(
+        f"arch must have shape ({search_space.num_tokens(n)},) for "
+        f"{n} nodes, got {arch.shape}")
+  if inputs.ndim != 2 or carry.shape != (inputs.shape[1], config.hidden_size):
+    raise ValueError(
+        f"expected inputs [T, B] and carry [B, {config.hidden_size}], got "
+        f"{inputs.shape} and {carry.shape}")
+  if train and key is None:
+    raise ValueError("train=True needs a PRNG key for the dropouts")
+
+  acts = arch[0::2]
+  prevs = arch[1::2]
+  loose = search_space.loose_end_mask(arch).astype(jnp.float32)
+  loose = loose / jnp.sum(loose)
+  # The weights this cell uses, gathered once per call: [N-1, H, 2H].
+  w_nodes = params["w_pairs"][pair_index(prevs, jnp.arange(1, n))]
+
+  embedding = params["embedding"]
+  w_h = params["w_h"]
+  x = embedding[inputs]  # [T, B, H]
+  if train:
+    k_emb, k_in, k_out, k_w = jax.random.split(key, 4)
+    batch_shape = (1, inputs.shape[1], config.hidden_size)
+    row_mask = _dropout_mask(k_emb, (config.vocab_size,), config.embed_dropout)
+    x = x * row_mask[inputs][..., None]
+    x = x * _dropout_mask(k_in, batch_shape, config.input_dropout)
+    w_h = w_h * _dropout_mask(k_w, w_h.shape, config.recurrent_dropconnect)
+  # Node 0's input projection for all time steps as one large matmul.
+  xw = x @ params["w_x"]  # [T, B, 2H]
+
+  def step(h_prev, xw_t):
+    nodes = [_highway(xw_t + h_prev @ w_h, acts[0], h_prev)]
+    out = loose[0] * nodes[0]
+    for l in range(1, n):
+      h_j = jax.lax.select_n(prevs[l - 1], *nodes)
+      nodes.append(_highway(h_j @ w_nodes[l - 1], acts[l], h_j))
+      out = out + loose[l] * nodes[l]
+    h_next = nodes[-1]
+    if train:
+      h_next = _clip_norm(h_next, config.hidden_clip)
+    return h_next, out
+
+  carry, outputs = jax.lax.scan(step, carry, xw)  # outputs: [T, B, H]
+  if train:
+    outputs = outputs * _dropout_mask(k_out, (1,) + outputs.shape[1:],
+                                      config.output_dropout)
+  logits = outputs @ embedding.T + params["decoder_bias"]
+  return logits, carry
+
+
+def loss(params: Params, arch: jax.Array, inputs: jax.Array,
+         targets: jax.Array, carry: jax.Array, *, config: SupernetConfig,
+         key: jax.Array | None = None, train: bool = False
+         ) -> tuple[jax.Array, jax.Array]:
+  """Mean token cross-entropy (nats) and the next carry (gradient stopped).
+
+  ``exp(loss)`` is the perplexity of the segment.
+  """
+  logits, carry = apply(params, arch, inputs, carry, config=config, key=key,
+                        train=train)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return jnp.mean(ce), jax.lax.stop_gradient(carry)

@@ -1,0 +1,174 @@
+"""Tests for nas_jax.controller: sampling, teacher forcing, carry dynamics."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nas_jax import controller
+from nas_jax import search_space
+
+CFG = controller.ControllerConfig(num_nodes=5, hidden_size=12)
+NUM = 64
+
+
+@pytest.fixture(scope="module")
+def params():
+  # A larger init range than the default makes the policy clearly non-uniform.
+  cfg = controller.ControllerConfig(num_nodes=5, hidden_size=12, init_range=1.0)
+  return controller.init(jax.random.key(0), cfg)
+
+
+@pytest.fixture(scope="module")
+def rollout(params):
+  return controller.sample(params, jax.random.key(1), NUM, config=CFG)
+
+
+def test_sample_shapes_and_valid_cells(rollout):
+  """Tokens [num, 2N-1] are valid cells; per-step arrays have matching shapes."""
+  steps = CFG.num_steps
+  chex.assert_shape(rollout.tokens, (NUM, steps))
+  chex.assert_shape([rollout.log_probs, rollout.entropies], (NUM, steps))
+  chex.assert_shape([rollout.c, rollout.h], (NUM, steps, CFG.hidden_size))
+  assert rollout.tokens.dtype == jnp.int32
+  search_space.validate_tokens(np.asarray(rollout.tokens))
+  assert np.all(np.asarray(rollout.log_probs) <= 0.0)
+
+
+def test_sample_is_driven_only_by_the_key(params, rollout):
+  """Same key gives the same cells; another key gives other cells."""
+  again = controller.sample(params, jax.random.key(1), NUM, config=CFG)
+  other = controller.sample(params, jax.random.key(2), NUM, config=CFG)
+  chex.assert_trees_all_equal(rollout, again)
+  assert np.any(np.asarray(rollout.tokens) != np.asarray(other.tokens))
+
+
+@pytest.mark.parametrize("mode", controller.MODES)
+def test_score_reproduces_sample(params, mode):
+  """Teacher-forced score of sampled tokens reproduces log-probs and carries."""
+  sampled = controller.sample(params, jax.random.key(3), NUM, config=CFG,
+                              mode=mode)
+  scored = controller.score(params, sampled.tokens, config=CFG, mode=mode)
+  np.testing.assert_array_equal(scored.tokens, sampled.tokens)
+  for field in ("log_probs", "entropies", "c", "h"):
+    np.testing.assert_allclose(getattr(scored, field), getattr(sampled, field),
+                               atol=1e-5, err_msg=field)
+
+
+def test_score_reproduces_sample_from_initial_carry(params):
+  """The initial carry is used by both sample and score."""
+  carry = (jnp.ones((CFG.hidden_size,)), -jnp.ones((CFG.hidden_size,)))
+  sampled = controller.sample(params, jax.random.key(4), NUM, config=CFG,
+                              initial_carry=carry)
+  scored = controller.score(params, sampled.tokens, config=CFG,
+                            initial_carry=carry)
+  np.testing.assert_allclose(scored.log_probs, sampled.log_probs, atol=1e-5)
+  zero = controller.score(params, sampled.tokens, config=CFG)
+  assert np.abs(np.asarray(zero.h[:, 0]) - np.asarray(scored.h[:, 0])).max() > 1e-3
+
+
+def _reference_step_distributions(params, tokens, mode):
+  """Plain numpy forward pass: the distribution each step samples from."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  hidden = CFG.hidden_size
+  sizes = search_space.decision_sizes(CFG.num_nodes)
+  c = np.zeros(hidden)
+  h = np.zeros(hidden)
+  x = np.zeros(hidden)
+  dists = []
+  for t, token in enumerate(tokens):
+    gates = np.concatenate([x, h]) @ p["lstm_w"] + p["lstm_b"]
+    i, f, g, o = np.split(gates, 4)
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))
+    c = sig(f) * c + sig(i) * np.tanh(g)
+    h = sig(o) * np.tanh(c)
+    logits = (h @ p["head_w"][t] + p["head_b"][t])[:sizes[t]] / CFG.temperature
+    if mode == "train":
+      logits = CFG.tanh_constant * np.tanh(logits)
+    probs = np.exp(logits - logits.max())
+    dists.append(probs / probs.sum())
+    row = token if t % 2 == 0 else search_space.NUM_ACTIVATIONS + token
+    x = p["embedding"][row]
+  return dists
+
+
+@pytest.mark.parametrize("mode", controller.MODES)
+def test_log_probs_and_entropies_match_reference(params, rollout, mode):
+  """Log-probs/entropies follow DESIGN: zero first input, temperature, tanh."""
+  tokens = np.asarray(rollout.tokens)[:4]
+  scored = controller.score(params, jnp.asarray(tokens), config=CFG, mode=mode)
+  for n, row in enumerate(tokens):
+    dists = _reference_step_distributions(params, row, mode)
+    log_probs = [np.log(d[tok]) for d, tok in zip(dists, row)]
+    entropies = [-np.sum(d * np.log(d)) for d in dists]
+    np.testing.assert_allclose(scored.log_probs[n], log_probs, atol=1e-5)
+    np.testing.assert_allclose(scored.entropies[n], entropies, atol=1e-5)
+
+
+def test_train_and_derive_modes_differ(params, rollout):
+  """Train mode's tanh squashing changes the distribution derive mode uses."""
+  train = controller.score(params, rollout.tokens, config=CFG, mode="train")
+  derive = controller.score(params, rollout.tokens, config=CFG, mode="derive")
+  assert not np.allclose(train.log_probs, derive.log_probs, atol=1e-4)
+
+
+def test_first_parent_decision_is_certain(rollout):
+  """Node 1 can only read node 0: its decision has entropy 0 and log-prob 0."""
+  np.testing.assert_array_equal(np.asarray(rollout.tokens)[:, 1], 0)
+  np.testing.assert_allclose(rollout.log_probs[:, 1], 0.0, atol=1e-6)
+  np.testing.assert_allclose(rollout.entropies[:, 1], 0.0, atol=1e-6)
+
+
+def test_carry_changes_with_the_tokens_fed_in(params):
+  """Regression for the TF-ENAS bug: the LSTM state must depend on past tokens.
+
+  Two cells that differ only in their first activation must have different
+  carries at every later step.
+  """
+  base = search_space.chain(CFG.num_nodes, 0).tokens()
+  changed = base.copy()
+  changed[0] = 3
+  scored = controller.score(params, jnp.asarray(np.stack([base, changed])),
+                            config=CFG)
+  np.testing.assert_allclose(scored.h[0, 0], scored.h[1, 0], atol=0)
+  diff = np.abs(np.asarray(scored.h[0, 1:]) - np.asarray(scored.h[1, 1:]))
+  assert np.all(diff.max(axis=-1) > 1e-6)
+
+
+def test_score_is_differentiable(params, rollout):
+  """Gradients of the summed log-prob reach every parameter array."""
+  grads = jax.grad(lambda p: jnp.sum(controller.score(
+      p, rollout.tokens, config=CFG).log_probs))(params)
+  for name, g in grads.items():
+    assert np.all(np.isfinite(g)), name
+    assert np.abs(np.asarray(g)).max() > 0.0, name
+
+
+def test_sample_compiles_once_per_size(params):
+  """Different keys reuse one compiled sampler."""
+  before = controller.sample._cache_size()
+  for i in range(5):
+    controller.sample(params, jax.random.key(100 + i), 7, config=CFG)
+  assert controller.sample._cache_size() == before + 1
+
+
+def test_sample_frequencies_follow_the_policy(params):
+  """Empirical first-activation frequencies match the policy's softmax."""
+  draws = controller.sample(params, jax.random.key(5), 20000, config=CFG)
+  freq = np.bincount(np.asarray(draws.tokens[:, 0]), minlength=4) / 20000
+  probs = np.exp(np.asarray(draws.log_probs[:, 0]))
+  expected = np.array([probs[np.asarray(draws.tokens[:, 0]) == a][0]
+                       for a in range(4)])
+  np.testing.assert_allclose(freq, expected, atol=0.015)
+
+
+def test_bad_arguments_raise(params):
+  """Unknown mode, wrong token width and mismatched config are ValueErrors."""
+  with pytest.raises(ValueError, match="mode"):
+    controller.sample(params, jax.random.key(0), 2, config=CFG, mode="greedy")
+  with pytest.raises(ValueError, match="tokens must be"):
+    controller.score(params, jnp.zeros((2, 5), jnp.int32), config=CFG)
+  with pytest.raises(ValueError, match="heads"):
+    controller.sample(params, jax.random.key(0), 2,
+                      config=controller.ControllerConfig(num_nodes=6))

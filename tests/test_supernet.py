@@ -1,0 +1,278 @@
+"""Tests for nas_jax.supernet: maths against a plain reference, one compile."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nas_jax import search_space
+from nas_jax import supernet
+
+CFG = supernet.SupernetConfig(vocab_size=37, hidden_size=16, num_nodes=6)
+T, B = 5, 3
+# Jitted once for the module: eager op-by-op execution of a scan is slow.
+apply = jax.jit(supernet.apply, static_argnames=("config", "train"))
+loss = jax.jit(supernet.loss, static_argnames=("config", "train"))
+
+
+def _np_act(index, x):
+  return [np.tanh, lambda v: np.maximum(v, 0.0), lambda v: v,
+          lambda v: 1.0 / (1.0 + np.exp(-v))][index](x)
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def reference_apply(params, arch, inputs, carry):
+  """Straightforward per-time-step, per-node evaluation in float64 numpy."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  h_size = p["w_x"].shape[0]
+  arch = search_space.Architecture.from_tokens(np.asarray(arch))
+  loose = arch.loose_ends()
+  h_prev = np.asarray(carry, np.float64)
+  logits = []
+  for t in range(inputs.shape[0]):
+    x = p["embedding"][np.asarray(inputs[t])]
+    pre = x @ p["w_x"] + h_prev @ p["w_h"]
+    c0 = _sigmoid(pre[:, :h_size])
+    nodes = [c0 * _np_act(arch.acts[0], pre[:, h_size:]) + (1 - c0) * h_prev]
+    for l in range(1, arch.num_nodes):
+      j = arch.prevs[l - 1]
+      w = p["w_pairs"][supernet.pair_index(j, l)]
+      pre = nodes[j] @ w
+      c = _sigmoid(pre[:, :h_size])
+      nodes.append(c * _np_act(arch.acts[l], pre[:, h_size:]) + (1 - c) * nodes[j])
+    out = np.mean([nodes[l] for l in loose], axis=0)
+    logits.append(out @ p["embedding"].T + p["decoder_bias"])
+    h_prev = nodes[-1]
+  return np.stack(logits), h_prev
+
+
+@pytest.fixture(scope="module")
+def params():
+  p = supernet.init(jax.random.key(0), CFG)
+  # A non-zero output bias so that the test also covers it.
+  p["decoder_bias"] = jax.random.normal(jax.random.key(1), (CFG.vocab_size,))
+  return p
+
+
+@pytest.fixture(scope="module")
+def batch():
+  inputs = jax.random.randint(jax.random.key(2), (T, B), 0, CFG.vocab_size)
+  carry = 0.5 * jax.random.normal(jax.random.key(3), (B, CFG.hidden_size))
+  return inputs, carry
+
+
+def _test_cells():
+  n = CFG.num_nodes
+  cells = [search_space.chain(n, a) for a in range(4)]
+  # Star: every node reads node 0, so nodes 1..N-1 are all loose ends.
+  cells.append(search_space.Architecture(acts=(0, 1, 2, 3, 0, 1),
+                                         prevs=(0,) * (n - 1)))
+  random = np.asarray(search_space.sample_uniform(jax.random.key(4), n, 6))
+  cells += [search_space.Architecture.from_tokens(r) for r in random]
+  return cells
+
+
+@pytest.mark.parametrize("cell", _test_cells(), ids=str)
+def test_apply_matches_per_node_reference(params, batch, cell):
+  """Logits and next carry agree with the plain float64 reference to 1e-5."""
+  inputs, carry = batch
+  logits, new_carry = apply(
+      params, jnp.asarray(cell.tokens()), inputs, carry, config=CFG)
+  ref_logits, ref_carry = reference_apply(params, cell.tokens(), inputs, carry)
+  chex.assert_shape(logits, (T, B, CFG.vocab_size))
+  np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(new_carry, ref_carry, atol=1e-5, rtol=1e-5)
+
+
+def test_loose_end_mean_uses_every_loose_end(params, batch):
+  """Cells differing only in a loose end's activation give different logits."""
+  inputs, carry = batch
+  star = search_space.Architecture(acts=(0, 0, 0, 0, 0, 0), prevs=(0,) * 5)
+  other = search_space.Architecture(acts=(0, 0, 3, 0, 0, 0), prevs=(0,) * 5)
+  a, carry_a = apply(params, jnp.asarray(star.tokens()), inputs,
+                              carry, config=CFG)
+  b, carry_b = apply(params, jnp.asarray(other.tokens()), inputs,
+                              carry, config=CFG)
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
+  # Node 2 is not the last node, so the next state does not change.
+  np.testing.assert_allclose(carry_a, carry_b, atol=1e-6)
+
+
+def test_apply_compiles_once_for_many_cells(params, batch):
+  """One compiled program serves >= 10 distinct cells (arch is data)."""
+  inputs, carry = batch
+  cells = np.asarray(search_space.sample_uniform(jax.random.key(5),
+                                                 CFG.num_nodes, 12))
+  assert len({tuple(c) for c in cells}) >= 10
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def run(params, arch, inputs, carry):
+    return supernet.apply(params, arch, inputs, carry, config=CFG)
+
+  outs = [run(params, jnp.asarray(c), inputs, carry)[0] for c in cells]
+  assert run._cache_size() == 1
+  # Different cells really produced different outputs.
+  assert np.abs(np.asarray(outs[0]) - np.asarray(outs[1])).max() > 1e-5
+
+
+def test_gradient_step_compiles_once_for_many_cells(params, batch):
+  """A jitted SGD step with clipping compiles once over >= 10 cells."""
+  inputs, carry = batch
+  targets = jnp.roll(inputs, -1, axis=0)
+  cells = np.asarray(search_space.sample_uniform(jax.random.key(6),
+                                                 CFG.num_nodes, 12))
+  clip = optax.clip_by_global_norm(0.25)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def train_step(params, arch, carry, key):
+    (value, carry), grads = jax.value_and_grad(supernet.loss, has_aux=True)(
+        params, arch, inputs, targets, carry, config=CFG, key=key, train=True)
+    grads, _ = clip.update(grads, clip.init(params))
+    params = jax.tree.map(lambda p, g: p - 20.0 * g, params, grads)
+    return params, carry, value
+
+  p = params
+  losses = []
+  for i, cell in enumerate(cells):
+    p, carry, loss = train_step(p, jnp.asarray(cell), carry,
+                                jax.random.key(i))
+    losses.append(float(loss))
+  assert train_step._cache_size() == 1
+  assert np.all(np.isfinite(losses))
+  assert not jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)),
+                                       p, params))
+
+
+def test_vmap_over_architectures_matches_per_cell_calls(params, batch):
+  """vmap over a batch of cells on the same data equals one call per cell."""
+  inputs, carry = batch
+  cells = search_space.sample_uniform(jax.random.key(7), CFG.num_nodes, 5)
+  batched_logits, batched_carry = jax.jit(jax.vmap(
+      lambda a: supernet.apply(params, a, inputs, carry, config=CFG)))(cells)
+  chex.assert_shape(batched_logits, (5, T, B, CFG.vocab_size))
+  for i in range(5):
+    logits, new_carry = apply(params, cells[i], inputs, carry,
+                                       config=CFG)
+    np.testing.assert_allclose(batched_logits[i], logits, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(batched_carry[i], new_carry, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_reaches_only_the_pairs_the_cell_uses(params, batch):
+  """d loss / d w_pairs is non-zero exactly on the cell's (prev, node) rows."""
+  inputs, carry = batch
+  cell = search_space.Architecture(acts=(0, 1, 0, 3, 2, 0),
+                                   prevs=(0, 1, 1, 0, 3))
+  targets = jnp.roll(inputs, -1, axis=0)
+  grads = jax.jit(jax.grad(lambda p: supernet.loss(
+      p, jnp.asarray(cell.tokens()), inputs, targets, carry, config=CFG)[0]))(
+          params)
+  used = {supernet.pair_index(j, l) for l, j in enumerate(cell.prevs, start=1)}
+  row_norms = np.linalg.norm(np.asarray(grads["w_pairs"]).reshape(
+      CFG.num_pairs, -1), axis=1)
+  assert {int(i) for i in np.nonzero(row_norms)[0]} == used
+
+
+def test_train_mode_requires_a_key(params, batch):
+  """train=True without a key is an error, not silently deterministic."""
+  inputs, carry = batch
+  arch = jnp.asarray(search_space.chain(CFG.num_nodes).tokens())
+  with pytest.raises(ValueError, match="key"):
+    supernet.apply(params, arch, inputs, carry, config=CFG, train=True)
+
+
+def test_dropout_is_keyed_and_off_in_eval(params, batch):
+  """Training output depends on the key; eval output ignores it."""
+  inputs, carry = batch
+  arch = jnp.asarray(search_space.ENAS_PTB_CELL.tokens()[:11])
+  run = lambda key, train: apply(params, arch, inputs, carry,
+                                          config=CFG, key=key, train=train)[0]
+  a = run(jax.random.key(0), True)
+  b = run(jax.random.key(0), True)
+  c = run(jax.random.key(1), True)
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-4
+  np.testing.assert_array_equal(run(jax.random.key(0), False),
+                                run(jax.random.key(1), False))
+
+
+def test_zero_dropout_train_equals_eval_below_clip(params, batch):
+  """With all dropout rates 0 and a loose clip, train mode equals eval mode."""
+  inputs, carry = batch
+  cfg = supernet.SupernetConfig(
+      vocab_size=CFG.vocab_size, hidden_size=CFG.hidden_size,
+      num_nodes=CFG.num_nodes, embed_dropout=0.0, input_dropout=0.0,
+      output_dropout=0.0, recurrent_dropconnect=0.0, hidden_clip=1e6)
+  arch = jnp.asarray(search_space.chain(CFG.num_nodes, 1).tokens())
+  train, _ = apply(params, arch, inputs, carry, config=cfg,
+                            key=jax.random.key(0), train=True)
+  evaluate, _ = apply(params, arch, inputs, carry, config=cfg)
+  np.testing.assert_allclose(train, evaluate, atol=1e-6)
+
+
+def test_hidden_norm_clip_bounds_each_example(params, batch):
+  """In training the next state's per-example L2 norm is at most hidden_clip."""
+  inputs, _ = batch
+  cfg = supernet.SupernetConfig(
+      vocab_size=CFG.vocab_size, hidden_size=CFG.hidden_size,
+      num_nodes=CFG.num_nodes, hidden_clip=0.5)
+  # Large weights and identity activations keep the state large.
+  big_params = {k: 10.0 * v for k, v in params.items()}
+  arch = jnp.asarray(search_space.chain(CFG.num_nodes, 2).tokens())
+  big = 10.0 * jnp.ones((B, CFG.hidden_size))
+  _, unclipped = apply(big_params, arch, inputs, big, config=cfg)
+  _, clipped = apply(big_params, arch, inputs, big, config=cfg,
+                              key=jax.random.key(0), train=True)
+  assert np.linalg.norm(unclipped, axis=-1).min() > 0.5
+  np.testing.assert_allclose(np.linalg.norm(clipped, axis=-1), 0.5, rtol=1e-5)
+
+
+def test_clip_gradient_is_finite_at_zero_state():
+  """The clip's gradient stays finite for an all-zero row."""
+  g = jax.grad(lambda h: jnp.sum(supernet._clip_norm(h, 25.0)))(
+      jnp.zeros((2, 4)))
+  assert np.all(np.isfinite(g))
+
+
+def test_loss_is_mean_cross_entropy_and_stops_carry_gradient(params, batch):
+  """loss = mean CE of the logits; the returned carry carries no gradient."""
+  inputs, carry = batch
+  targets = jnp.roll(inputs, -1, axis=0)
+  arch = jnp.asarray(search_space.chain(CFG.num_nodes).tokens())
+  value, new_carry = loss(params, arch, inputs, targets, carry,
+                                   config=CFG)
+  logits, _ = apply(params, arch, inputs, carry, config=CFG)
+  log_p = jax.nn.log_softmax(logits)
+  expected = -np.mean(np.take_along_axis(np.asarray(log_p),
+                                         np.asarray(targets)[..., None], -1))
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
+  g = jax.jit(jax.grad(lambda c: jnp.sum(supernet.loss(
+      params, arch, inputs, targets, c, config=CFG)[1])))(carry)
+  np.testing.assert_array_equal(g, 0.0)
+
+
+def test_bad_shapes_and_config_raise(params, batch):
+  """Wrong arch length or carry width and bad config values are ValueErrors."""
+  inputs, carry = batch
+  with pytest.raises(ValueError, match="arch must have shape"):
+    supernet.apply(params, jnp.zeros((9,), jnp.int32), inputs, carry,
+                   config=CFG)
+  with pytest.raises(ValueError, match="carry"):
+    supernet.apply(params, jnp.zeros((11,), jnp.int32), inputs, carry[:, :3],
+                   config=CFG)
+  with pytest.raises(ValueError, match="input_dropout"):
+    supernet.SupernetConfig(input_dropout=1.0)
+
+
+def test_parameter_count_follows_the_pair_layout():
+  """init allocates 2H*H per (j, l) pair plus node 0, embedding and bias."""
+  cfg = supernet.SupernetConfig(vocab_size=11, hidden_size=4, num_nodes=5)
+  p = supernet.init(jax.random.key(0), cfg)
+  assert p["w_pairs"].shape == (10, 4, 8)
+  assert supernet.num_params(p) == 11 * 4 + 11 + 2 * 4 * 8 + 10 * 4 * 8
