@@ -1,0 +1,25 @@
+"""The benchmark script runs end to end and keeps its one-compile promise."""
+
+import json
+
+from benchmarks import supernet_step
+
+
+def test_supernet_step_benchmark_compiles_once(capsys):
+  """Tiny sizes: a new cell every step, one compilation, JSON last line."""
+  result = supernet_step.main([
+      "--hidden", "8", "--nodes", "4", "--batch", "2", "--bptt", "3",
+      "--vocab", "20", "--steps", "4", "--warmup", "1", "--peak-size", "64"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert json.loads(last) == result
+  assert result["compiles"] == 1
+  assert result["distinct_cells"] > 1
+  for key in ("tokens_per_s", "step_s", "gflops_per_s",
+              "matmul_peak_gflops_per_s", "peak_fraction"):
+    assert result[key] > 0, key
+
+
+def test_step_flops_formula():
+  """3 * T * B * (4 H^2 (N + 1) + 2 H V), as documented."""
+  assert supernet_step.step_flops(hidden=2, nodes=3, vocab=5, batch=7,
+                                  bptt=11) == 3 * 11 * 7 * (4 * 4 * 4 + 2 * 2 * 5)
