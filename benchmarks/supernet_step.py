@@ -25,7 +25,8 @@ one step is ``3 * T * B * (4 H^2 (N + 1) + 2 H V)`` FLOPs.
 ``matmul_peak_gflops_per_s`` is the best rate of a large dense fp32 matmul
 (``--peak-size``) timed in the same process, and ``peak_fraction`` the step's
 rate over it. ``compiles`` counts XLA compilations during warm-up and the
-timed steps (1 means every cell ran through one program).
+timed steps (1 means every cell ran through one program). ``--breakdown``
+adds the parts timed alone (see :func:`breakdown`).
 """
 
 from __future__ import annotations
@@ -98,6 +99,63 @@ def matmul_peak(size: int, repeats: int = 10) -> float:
   return 2 * size**3 / best / 1e9
 
 
+def _best_time(fn, *args, repeats=5) -> float:
+  jax.block_until_ready(fn(*args))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def breakdown(args) -> dict:
+  """Where the step's time goes: the parts timed alone (best of 5).
+
+  * ``decoder``: tied output projection + softmax cross-entropy, forward and
+    backward (``3 * T * B * 2 H V`` FLOPs);
+  * ``cell``: the supernet with a 2-word vocabulary, i.e. embedding, the
+    recurrence over T steps of N sequential nodes, forward and backward
+    (``3 * T * B * 4 H^2 (N + 1)`` FLOPs);
+  * ``small_matmul``: one ``[B, H] x [H, 2H]`` matmul (a node's) repeated in a
+    sequential loop, the building block of the recurrence.
+  """
+  t, b, h, v, n = args.bptt, args.batch, args.hidden, args.vocab, args.nodes
+  k = jax.random.split(jax.random.key(args.seed), 4)
+  outputs = jax.random.normal(k[0], (t, b, h))
+  embedding = 0.1 * jax.random.normal(k[1], (v, h))
+  targets = jax.random.randint(k[2], (t, b), 0, v)
+
+  def decoder_loss(embedding, outputs):
+    logits = outputs @ embedding.T
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+  decoder = jax.jit(jax.grad(decoder_loss, argnums=(0, 1)))
+  decoder_s = _best_time(decoder, embedding, outputs)
+
+  config = supernet.SupernetConfig(vocab_size=2, hidden_size=h, num_nodes=n)
+  params = supernet.init(k[3], config)
+  arch = jnp.asarray(search_space.sample_uniform(k[3], n, 1)[0])
+  tokens = jnp.zeros((t, b), jnp.int32)
+  carry = supernet.init_carry(b, config)
+  cell = jax.jit(jax.grad(lambda p: supernet.loss(
+      p, arch, tokens, tokens, carry, config=config, key=k[0], train=True)[0]))
+  cell_s = _best_time(cell, params)
+
+  steps = 200
+  w = 0.01 * jax.random.normal(k[1], (h, 2 * h))
+  small = jax.jit(lambda x: jax.lax.fori_loop(
+      0, steps, lambda i, x: jnp.tanh(x @ w)[:, :h], x))
+  small_s = _best_time(small, outputs[0])
+  return {
+      "decoder_s": decoder_s,
+      "decoder_gflops_per_s": 3 * t * b * 2 * h * v / decoder_s / 1e9,
+      "cell_s": cell_s,
+      "cell_gflops_per_s": 3 * t * b * 4 * h * h * (n + 1) / cell_s / 1e9,
+      "small_matmul_gflops_per_s": steps * b * h * 2 * h * 2 / small_s / 1e9,
+  }
+
+
 def run(args) -> dict:
   config = supernet.SupernetConfig(vocab_size=args.vocab,
                                    hidden_size=args.hidden,
@@ -154,7 +212,7 @@ def run(args) -> dict:
       "matmul_peak_gflops_per_s": peak,
       "peak_fraction": gflops / peak,
       "final_loss": float(loss),
-  }
+  } | (breakdown(args) if args.breakdown else {})
 
 
 def parse_args(argv):
@@ -170,6 +228,9 @@ def parse_args(argv):
   parser.add_argument("--peak-size", type=int, default=2048,
                       help="side of the square matmul that measures the peak")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also time the decoder, the cell recurrence and a "
+                      "node's matmul alone (adds *_s and *_gflops_per_s keys)")
   return parser.parse_args(argv)
 
 

@@ -9,13 +9,15 @@ def test_supernet_step_benchmark_compiles_once(capsys):
   """Tiny sizes: a new cell every step, one compilation, JSON last line."""
   result = supernet_step.main([
       "--hidden", "8", "--nodes", "4", "--batch", "2", "--bptt", "3",
-      "--vocab", "20", "--steps", "4", "--warmup", "1", "--peak-size", "64"])
+      "--vocab", "20", "--steps", "4", "--warmup", "1", "--peak-size", "64",
+      "--breakdown"])
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert json.loads(last) == result
   assert result["compiles"] == 1
   assert result["distinct_cells"] > 1
   for key in ("tokens_per_s", "step_s", "gflops_per_s",
-              "matmul_peak_gflops_per_s", "peak_fraction"):
+              "matmul_peak_gflops_per_s", "peak_fraction", "decoder_s",
+              "cell_s", "small_matmul_gflops_per_s"):
     assert result[key] > 0, key
 
 
