@@ -22,9 +22,11 @@ i.e. ``4 H^2 (N + 1) + 2 H V``. The backward pass costs two matmuls of the
 same size per forward matmul (gradient wrt the input and wrt the weight), so
 one step is ``3 * T * B * (4 H^2 (N + 1) + 2 H V)`` FLOPs.
 
-``matmul_peak_gflops_per_s`` is the best rate of a large dense fp32 matmul
-(``--peak-size``) timed in the same process, and ``peak_fraction`` the step's
-rate over it. ``compiles`` counts XLA compilations during warm-up and the
+``matmul_peak_gflops_per_s`` is the median rate of a large dense fp32 matmul
+(``--peak-size``, 10 repeats) timed in the same process, and
+``peak_fraction`` the step's median rate over it; ``peak_fraction_best``
+divides the best step by the best matmul (the same statistic on both sides
+either way; timings on a shared 2-core machine vary by +-25%). ``compiles`` counts XLA compilations during warm-up and the
 timed steps (1 means every cell ran through one program). ``--breakdown``
 adds the parts timed alone (see :func:`breakdown`).
 """
@@ -50,16 +52,21 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 class CompileCounter:
-  """Counts XLA backend compilations while ``active``."""
+  """Counts XLA backend compilations inside a ``with`` block."""
 
   def __init__(self):
-    self.active = False
     self.count = 0
+
+  def __enter__(self):
     monitoring.register_event_duration_secs_listener(self._on_event)
+    return self
+
+  def __exit__(self, *exc):
+    monitoring.unregister_event_duration_listener(self._on_event)
 
   def _on_event(self, event, duration, **kwargs):
     del duration, kwargs
-    if self.active and event == _COMPILE_EVENT:
+    if event == _COMPILE_EVENT:
       self.count += 1
 
 
@@ -85,18 +92,19 @@ def make_train_step(config: supernet.SupernetConfig, lr: float = 20.0,
   return optimizer, jax.jit(train_step, donate_argnums=(0, 1, 5))
 
 
-def matmul_peak(size: int, repeats: int = 10) -> float:
-  """Best GFLOP/s of a ``size``-square fp32 matmul."""
+def matmul_peak(size: int, repeats: int = 10) -> tuple[float, float]:
+  """Median and best GFLOP/s of a ``size``-square fp32 matmul."""
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
   mm = jax.jit(jnp.matmul)
   mm(a, b).block_until_ready()
-  best = float("inf")
+  times = []
   for _ in range(repeats):
     start = time.perf_counter()
     mm(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size**3 / best / 1e9
+    times.append(time.perf_counter() - start)
+  flops = 2 * size**3 / 1e9
+  return flops / statistics.median(times), flops / min(times)
 
 
 def _best_time(fn, *args, repeats=5) -> float:
@@ -160,7 +168,6 @@ def run(args) -> dict:
   config = supernet.SupernetConfig(vocab_size=args.vocab,
                                    hidden_size=args.hidden,
                                    num_nodes=args.nodes)
-  counter = CompileCounter()
   rng = np.random.default_rng(args.seed)
   # Sample every cell up front with numpy so no JAX work hides in the loop.
   sizes = search_space.decision_sizes(args.nodes)
@@ -177,27 +184,26 @@ def run(args) -> dict:
   root = jax.random.key(args.seed + 1)
   jax.block_until_ready((params, opt_state, carry))
 
-  counter.active = True
   times = []
-  for i in range(total):
-    arch = jax.device_put(cells[i])
-    inputs = jax.device_put(tokens[i, :-1])
-    targets = jax.device_put(tokens[i, 1:])
-    start = time.perf_counter()
-    params, opt_state, carry, loss = train_step(
-        params, opt_state, arch, inputs, targets, carry, root,
-        np.int32(i))
-    loss.block_until_ready()
-    if i >= args.warmup:
-      times.append(time.perf_counter() - start)
-  counter.active = False
+  with CompileCounter() as counter:
+    for i in range(total):
+      arch = jax.device_put(cells[i])
+      inputs = jax.device_put(tokens[i, :-1])
+      targets = jax.device_put(tokens[i, 1:])
+      start = time.perf_counter()
+      params, opt_state, carry, loss = train_step(
+          params, opt_state, arch, inputs, targets, carry, root,
+          np.int32(i))
+      loss.block_until_ready()
+      if i >= args.warmup:
+        times.append(time.perf_counter() - start)
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f"non-finite loss {float(loss)} in the benchmark")
 
   step_s = statistics.median(times)
   flops = step_flops(args.hidden, args.nodes, args.vocab, args.batch, args.bptt)
   gflops = flops / step_s / 1e9
-  peak = matmul_peak(args.peak_size)
+  peak, peak_best = matmul_peak(args.peak_size)
   return {
       "hidden": args.hidden, "nodes": args.nodes, "batch": args.batch,
       "bptt": args.bptt, "vocab": args.vocab, "steps": args.steps,
@@ -210,7 +216,9 @@ def run(args) -> dict:
       "gflop_per_step": flops / 1e9,
       "gflops_per_s": gflops,
       "matmul_peak_gflops_per_s": peak,
+      "matmul_peak_best_gflops_per_s": peak_best,
       "peak_fraction": gflops / peak,
+      "peak_fraction_best": flops / min(times) / 1e9 / peak_best,
       "final_loss": float(loss),
   } | (breakdown(args) if args.breakdown else {})
 

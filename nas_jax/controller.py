@@ -132,13 +132,34 @@ def step_logits(params: Params, h: jax.Array, t: jax.Array, valid: jax.Array,
   return jnp.where(valid, logits, _MASKED)
 
 
-def _check(config, mode, params):
+def _check(config, mode, params, initial_carry, num):
+  """Validates everything whose shape or value is known at trace time."""
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-  if params["head_w"].shape[0] != config.num_steps:
+  h, k, s = config.hidden_size, config.num_choices, config.num_steps
+  expected = {
+      "embedding": (config.num_embeddings, h),
+      "lstm_w": (2 * h, 4 * h),
+      "lstm_b": (4 * h,),
+      "head_w": (s, h, k),
+      "head_b": (s, k),
+  }
+  if set(params) != set(expected):
     raise ValueError(
-        f"params have {params['head_w'].shape[0]} heads, config.num_nodes="
-        f"{config.num_nodes} needs {config.num_steps}")
+        f"params must have keys {sorted(expected)}, got {sorted(params)}")
+  for name, shape in expected.items():
+    if params[name].shape != shape:
+      raise ValueError(
+          f"params[{name!r}] has shape {params[name].shape}, but {config} "
+          f"needs {shape}")
+  if initial_carry is not None:
+    if len(initial_carry) != 2:
+      raise ValueError("initial_carry must be a pair (c, h)")
+    for name, part in zip("ch", initial_carry):
+      if jnp.shape(part) not in ((h,), (num, h)):
+        raise ValueError(
+            f"initial_carry {name} must have shape ({h},) or ({num}, {h}), "
+            f"got {jnp.shape(part)}")
 
 
 def _initial_carry(initial_carry, num, config):
@@ -179,7 +200,6 @@ def _unroll(params, config, mode, carry, num, key=None, tokens=None):
                  c=swap(cs), h=swap(hs))
 
 
-@functools.partial(jax.jit, static_argnames=("num", "config", "mode"))
 def sample(params: Params, key: jax.Array, num: int, *,
            config: ControllerConfig, mode: str = "train",
            initial_carry: tuple[jax.Array, jax.Array] | None = None) -> Rollout:
@@ -197,12 +217,19 @@ def sample(params: Params, key: jax.Array, num: int, *,
   Returns:
     A :class:`Rollout` whose ``tokens`` are valid ``int32[num, 2N-1]`` cells.
   """
-  _check(config, mode, params)
+  if not isinstance(num, int) or num < 1:
+    raise ValueError(f"num must be a positive int, got {num!r}")
+  _check(config, mode, params, initial_carry, num)
+  return _sample(params, key, num, config=config, mode=mode,
+                 initial_carry=initial_carry)
+
+
+@functools.partial(jax.jit, static_argnames=("num", "config", "mode"))
+def _sample(params, key, num, *, config, mode, initial_carry):
   carry = _initial_carry(initial_carry, num, config)
   return _unroll(params, config, mode, carry, num, key=key)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "mode"))
 def score(params: Params, tokens: jax.Array, *, config: ControllerConfig,
           mode: str = "train",
           initial_carry: tuple[jax.Array, jax.Array] | None = None) -> Rollout:
@@ -211,10 +238,22 @@ def score(params: Params, tokens: jax.Array, *, config: ControllerConfig,
   Each step's input is the embedding of the *given* previous token, so
   ``score(params, sample(params, key, n).tokens)`` reproduces the sample's
   log-probabilities, entropies and carries. Differentiable in ``params``.
+
+  Concrete ``tokens`` are validated (``ValueError`` naming the row and
+  position of an invalid choice); traced ones must be valid cells, else the
+  masked logits give log-probabilities near ``-1e9``.
   """
-  _check(config, mode, params)
-  if tokens.ndim != 2 or tokens.shape[1] != config.num_steps:
+  if jnp.ndim(tokens) != 2 or jnp.shape(tokens)[1] != config.num_steps:
     raise ValueError(
-        f"tokens must be [num, {config.num_steps}], got {tokens.shape}")
+        f"tokens must be [num, {config.num_steps}], got {jnp.shape(tokens)}")
+  _check(config, mode, params, initial_carry, jnp.shape(tokens)[0])
+  if not isinstance(tokens, jax.core.Tracer):
+    search_space.validate_tokens(np.asarray(tokens))
+  return _score(params, tokens, config=config, mode=mode,
+                initial_carry=initial_carry)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mode"))
+def _score(params, tokens, *, config, mode, initial_carry):
   carry = _initial_carry(initial_carry, tokens.shape[0], config)
   return _unroll(params, config, mode, carry, tokens.shape[0], tokens=tokens)

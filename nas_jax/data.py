@@ -36,9 +36,12 @@ class DataError(ValueError):
   """A corpus directory is missing, incomplete, altered or unreadable."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Corpus:
-  """Token ids of the three splits and the vocabulary that made them."""
+  """Token ids of the three splits and the vocabulary that made them.
+
+  Compared by identity (``==`` on numpy arrays is elementwise).
+  """
   vocab: tuple[str, ...]
   train: np.ndarray  # int32[num_train_tokens]
   valid: np.ndarray  # int32[num_valid_tokens]
@@ -104,7 +107,7 @@ def _read_lines(path: str) -> list[list[str]]:
       text = f.read()
   except UnicodeDecodeError as e:
     raise DataError(f"{path}: not UTF-8 text ({e})") from None
-  return [line.split() for line in text.splitlines() if line.strip()]
+  return [line.split() for line in text.split("\n") if line.strip()]
 
 
 def _tokens(lines: list[list[str]]) -> list[str]:

@@ -76,6 +76,11 @@ class Architecture:
   prevs: tuple[int, ...]
 
   def __post_init__(self):
+    for name in ("acts", "prevs"):
+      for i, v in enumerate(getattr(self, name)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(
+            v, (int, np.integer)):
+          raise ValueError(f"{name}[{i}] is {v!r}, not an integer")
     acts = tuple(int(a) for a in self.acts)
     prevs = tuple(int(p) for p in self.prevs)
     object.__setattr__(self, "acts", acts)
@@ -108,10 +113,13 @@ class Architecture:
       ValueError: naming the first invalid position.
     """
     if isinstance(tokens, str):
-      try:
-        tokens = [int(t) for t in tokens.replace(",", " ").split()]
-      except ValueError as e:
-        raise ValueError(f"cannot parse cell tokens {tokens!r}: {e}") from None
+      parts = tokens.replace(",", " ").split()
+      for i, part in enumerate(parts):
+        if not part.lstrip("-").isdigit():
+          raise ValueError(
+              f"cannot parse cell tokens {tokens!r}: token {i} is {part!r}, "
+              "not an integer")
+      tokens = [int(t) for t in parts]
     arr = _integer_tokens(tokens)
     if arr.ndim != 1:
       raise ValueError(f"cell tokens must be one-dimensional, got shape {arr.shape}")
@@ -225,10 +233,16 @@ def loose_end_mask(tokens: jax.Array) -> jax.Array:
 def sample_uniform(key: jax.Array, num_nodes: int, num: int) -> jax.Array:
   """Draws ``num`` cells uniformly at random: ``int32[num, 2N-1]``.
 
-  Every decision is independent and exactly uniform over its valid choices
-  (activations over 4, the parent of node ``l`` over ``0 .. l-1``), so every
-  cell of the space is equally likely. This is the random-search sampler.
+  Every decision is independent and uniform over its valid choices
+  (activations over 4, the parent of node ``l`` over ``0 .. l-1``; drawn by
+  ``jax.random.randint`` with a per-position upper bound), so every cell of
+  the space is equally likely. This is the random-search sampler.
   """
+  if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or \
+      num_nodes < 1:
+    raise ValueError(f"num_nodes must be an int >= 1, got {num_nodes!r}")
+  if isinstance(num, bool) or not isinstance(num, int) or num < 0:
+    raise ValueError(f"num must be an int >= 0, got {num!r}")
   sizes = jnp.asarray(decision_sizes(num_nodes))
   return jax.random.randint(
       key, (num, num_tokens(num_nodes)), 0, sizes, dtype=jnp.int32)

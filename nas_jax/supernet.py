@@ -122,6 +122,47 @@ def _dropout_mask(key, shape, rate):
   return jax.random.bernoulli(key, keep, shape).astype(jnp.float32) / keep
 
 
+def dropout_masks(key: jax.Array, batch_size: int, config: SupernetConfig
+                  ) -> dict[str, jax.Array]:
+  """The scaled keep-masks one training call of :func:`apply` draws from ``key``.
+
+  * ``embed_rows [V]``: embedding dropout drops whole word rows, so every
+    occurrence of a word in the segment is dropped together;
+  * ``input [1, B, H]`` and ``output [1, B, H]``: locked (variational)
+    dropout, one mask per sequence shared over all time steps;
+  * ``w_h [H, 2H]``: DropConnect on node 0's recurrent weights, one mask per
+    call shared over time and batch.
+
+  Kept entries equal ``1 / (1 - rate)``, dropped ones 0.
+  """
+  k_emb, k_in, k_out, k_w = jax.random.split(key, 4)
+  h = config.hidden_size
+  return {
+      "embed_rows": _dropout_mask(k_emb, (config.vocab_size,),
+                                  config.embed_dropout),
+      "input": _dropout_mask(k_in, (1, batch_size, h), config.input_dropout),
+      "output": _dropout_mask(k_out, (1, batch_size, h), config.output_dropout),
+      "w_h": _dropout_mask(k_w, (h, 2 * h), config.recurrent_dropconnect),
+  }
+
+
+def _check_concrete(arch, inputs, config):
+  """Host-side validation of values, when they are concrete (not traced).
+
+  Under ``jit``/``vmap`` the values are unknown at trace time and the caller
+  is responsible for passing valid cells (e.g. from the controller or
+  :func:`search_space.sample_uniform`) and token ids ``< vocab_size``.
+  """
+  if not isinstance(arch, jax.core.Tracer):
+    search_space.validate_tokens(np.asarray(arch))
+  if not isinstance(inputs, jax.core.Tracer):
+    ids = np.asarray(inputs)
+    if ids.size and (ids.min() < 0 or ids.max() >= config.vocab_size):
+      raise ValueError(
+          f"inputs hold token ids in [{ids.min()}, {ids.max()}], outside "
+          f"[0, {config.vocab_size}) of the vocabulary")
+
+
 def _highway(gate_and_candidate, act, h_in):
   c, candidate = jnp.split(gate_and_candidate, 2, axis=-1)
   c = jax.nn.sigmoid(c)
@@ -142,11 +183,15 @@ def apply(params: Params, arch: jax.Array, inputs: jax.Array, carry: jax.Array,
 
   Args:
     params: from :func:`init`.
-    arch: ``int32[2N-1]`` cell tokens (ENAS order); a traced array.
-    inputs: ``int32[T, B]`` token ids.
+    arch: ``int32[2N-1]`` cell tokens (ENAS order); a traced array. Concrete
+      values are validated (``ValueError`` naming the bad position); traced
+      ones cannot be and must be valid cells.
+    inputs: ``int32[T, B]`` token ids, checked against the vocabulary when
+      concrete.
     carry: ``float32[B, H]`` hidden state from the previous segment.
     config: the static sizes and regularisation.
-    key: PRNG key for the dropouts; required when ``train``.
+    key: PRNG key for the dropouts (see :func:`dropout_masks`); required
+      when ``train``.
     train: apply dropouts and the hidden-norm clip.
 
   Returns:
@@ -163,6 +208,7 @@ def apply(params: Params, arch: jax.Array, inputs: jax.Array, carry: jax.Array,
         f"{inputs.shape} and {carry.shape}")
   if train and key is None:
     raise ValueError("train=True needs a PRNG key for the dropouts")
+  _check_concrete(arch, inputs, config)
 
   acts = arch[0::2]
   prevs = arch[1::2]
@@ -175,12 +221,10 @@ def apply(params: Params, arch: jax.Array, inputs: jax.Array, carry: jax.Array,
   w_h = params["w_h"]
   x = embedding[inputs]  # [T, B, H]
   if train:
-    k_emb, k_in, k_out, k_w = jax.random.split(key, 4)
-    batch_shape = (1, inputs.shape[1], config.hidden_size)
-    row_mask = _dropout_mask(k_emb, (config.vocab_size,), config.embed_dropout)
-    x = x * row_mask[inputs][..., None]
-    x = x * _dropout_mask(k_in, batch_shape, config.input_dropout)
-    w_h = w_h * _dropout_mask(k_w, w_h.shape, config.recurrent_dropconnect)
+    masks = dropout_masks(key, inputs.shape[1], config)
+    x = x * masks["embed_rows"][inputs][..., None]
+    x = x * masks["input"]
+    w_h = w_h * masks["w_h"]
   # Node 0's input projection for all time steps as one large matmul.
   xw = x @ params["w_x"]  # [T, B, 2H]
 
@@ -198,8 +242,7 @@ def apply(params: Params, arch: jax.Array, inputs: jax.Array, carry: jax.Array,
 
   carry, outputs = jax.lax.scan(step, carry, xw)  # outputs: [T, B, H]
   if train:
-    outputs = outputs * _dropout_mask(k_out, (1,) + outputs.shape[1:],
-                                      config.output_dropout)
+    outputs = outputs * masks["output"]
   logits = outputs @ embedding.T + params["decoder_bias"]
   return logits, carry
 

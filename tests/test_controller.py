@@ -68,21 +68,23 @@ def test_score_reproduces_sample_from_initial_carry(params):
   assert np.abs(np.asarray(zero.h[:, 0]) - np.asarray(scored.h[:, 0])).max() > 1e-3
 
 
-def _reference_step_distributions(params, tokens, mode):
-  """Plain numpy forward pass: the distribution each step samples from."""
+def _reference_pass(params, tokens, mode):
+  """Plain numpy forward pass: each step's distribution and carry (c, h)."""
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
   hidden = CFG.hidden_size
   sizes = search_space.decision_sizes(CFG.num_nodes)
   c = np.zeros(hidden)
   h = np.zeros(hidden)
   x = np.zeros(hidden)
-  dists = []
+  dists, cs, hs = [], [], []
   for t, token in enumerate(tokens):
     gates = np.concatenate([x, h]) @ p["lstm_w"] + p["lstm_b"]
     i, f, g, o = np.split(gates, 4)
     sig = lambda v: 1.0 / (1.0 + np.exp(-v))
     c = sig(f) * c + sig(i) * np.tanh(g)
     h = sig(o) * np.tanh(c)
+    cs.append(c)
+    hs.append(h)
     logits = (h @ p["head_w"][t] + p["head_b"][t])[:sizes[t]] / CFG.temperature
     if mode == "train":
       logits = CFG.tanh_constant * np.tanh(logits)
@@ -90,7 +92,7 @@ def _reference_step_distributions(params, tokens, mode):
     dists.append(probs / probs.sum())
     row = token if t % 2 == 0 else search_space.NUM_ACTIVATIONS + token
     x = p["embedding"][row]
-  return dists
+  return dists, np.stack(cs), np.stack(hs)
 
 
 @pytest.mark.parametrize("mode", controller.MODES)
@@ -99,11 +101,25 @@ def test_log_probs_and_entropies_match_reference(params, rollout, mode):
   tokens = np.asarray(rollout.tokens)[:4]
   scored = controller.score(params, jnp.asarray(tokens), config=CFG, mode=mode)
   for n, row in enumerate(tokens):
-    dists = _reference_step_distributions(params, row, mode)
+    dists, cs, hs = _reference_pass(params, row, mode)
     log_probs = [np.log(d[tok]) for d, tok in zip(dists, row)]
     entropies = [-np.sum(d * np.log(d)) for d in dists]
     np.testing.assert_allclose(scored.log_probs[n], log_probs, atol=1e-5)
     np.testing.assert_allclose(scored.entropies[n], entropies, atol=1e-5)
+    # The carries separately (a swapped c/h would pass the checks above).
+    np.testing.assert_allclose(scored.c[n], cs, atol=1e-5)
+    np.testing.assert_allclose(scored.h[n], hs, atol=1e-5)
+
+
+def test_rollout_h_is_the_state_the_logits_came_from(params, rollout):
+  """log_softmax(step_logits(h[:, t])) at the token equals log_probs[:, t]."""
+  valid, _ = controller._step_tables(CFG)
+  for t in range(CFG.num_steps):
+    logits = controller.step_logits(params, rollout.h[:, t], t, valid[t],
+                                    config=CFG, mode="train")
+    log_p = jax.nn.log_softmax(logits)
+    got = jnp.take_along_axis(log_p, rollout.tokens[:, t:t + 1], axis=-1)[:, 0]
+    np.testing.assert_allclose(got, rollout.log_probs[:, t], atol=1e-5)
 
 
 def test_train_and_derive_modes_differ(params, rollout):
@@ -147,10 +163,10 @@ def test_score_is_differentiable(params, rollout):
 
 def test_sample_compiles_once_per_size(params):
   """Different keys reuse one compiled sampler."""
-  before = controller.sample._cache_size()
+  before = controller._sample._cache_size()
   for i in range(5):
     controller.sample(params, jax.random.key(100 + i), 7, config=CFG)
-  assert controller.sample._cache_size() == before + 1
+  assert controller._sample._cache_size() == before + 1
 
 
 def test_sample_frequencies_follow_the_policy(params):
@@ -169,6 +185,32 @@ def test_bad_arguments_raise(params):
     controller.sample(params, jax.random.key(0), 2, config=CFG, mode="greedy")
   with pytest.raises(ValueError, match="tokens must be"):
     controller.score(params, jnp.zeros((2, 5), jnp.int32), config=CFG)
-  with pytest.raises(ValueError, match="heads"):
+  with pytest.raises(ValueError, match=r"params\[.*needs"):
     controller.sample(params, jax.random.key(0), 2,
                       config=controller.ControllerConfig(num_nodes=6))
+  wrong_hidden = controller.ControllerConfig(num_nodes=5, hidden_size=13)
+  with pytest.raises(ValueError, match="embedding"):
+    controller.score(params, jnp.zeros((2, CFG.num_steps), jnp.int32),
+                     config=wrong_hidden)
+  with pytest.raises(ValueError, match="num must be"):
+    controller.sample(params, jax.random.key(0), 0, config=CFG)
+
+
+def test_invalid_tokens_are_rejected_by_score(params):
+  """A prev index >= its node or an unknown activation names row and position."""
+  tokens = np.tile(search_space.chain(CFG.num_nodes).tokens(), (3, 1))
+  tokens[2, 3] = 2  # prev_2 may only be 0 or 1.
+  with pytest.raises(ValueError, match=r"row \(2,\): token 3"):
+    controller.score(params, jnp.asarray(tokens), config=CFG)
+  tokens[2, 3] = 0
+  tokens[1, 0] = 4  # No fifth activation.
+  with pytest.raises(ValueError, match=r"row \(1,\): token 0"):
+    controller.score(params, jnp.asarray(tokens), config=CFG)
+
+
+def test_initial_carry_shape_is_checked(params):
+  """A carry of the wrong width is a clear error, not a broadcast failure."""
+  bad = (jnp.zeros((CFG.hidden_size + 1,)), jnp.zeros((CFG.hidden_size + 1,)))
+  with pytest.raises(ValueError, match="initial_carry c"):
+    controller.sample(params, jax.random.key(0), 2, config=CFG,
+                      initial_carry=bad)

@@ -331,3 +331,26 @@ def test_booleans_and_string_lists_are_rejected(tokens):
   """Booleans and lists of strings are not silently taken as integers."""
   with pytest.raises(ValueError, match="integers"):
     ss.Architecture.from_tokens(tokens)
+
+
+def test_constructor_rejects_non_integer_choices():
+  """Floats and bools are not silently truncated into choices."""
+  with pytest.raises(ValueError, match=r"acts\[1\]"):
+    ss.Architecture(acts=(0, 1.5), prevs=(0,))
+  with pytest.raises(ValueError, match=r"prevs\[0\]"):
+    ss.Architecture(acts=(0, 1), prevs=(False,))
+
+
+def test_string_parse_error_names_the_position():
+  """A non-integer in a token string names its position."""
+  with pytest.raises(ValueError, match="token 2 is 'x'"):
+    ss.Architecture.from_tokens("0 0 x")
+
+
+def test_sample_uniform_validates_its_sizes():
+  """num_nodes < 1 or a negative num is a ValueError, num=0 is empty."""
+  with pytest.raises(ValueError, match="num_nodes"):
+    ss.sample_uniform(jax.random.key(0), 0, 3)
+  with pytest.raises(ValueError, match="num must"):
+    ss.sample_uniform(jax.random.key(0), 3, -1)
+  assert ss.sample_uniform(jax.random.key(0), 3, 0).shape == (0, 5)

@@ -26,28 +26,51 @@ def _sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
 
 
-def reference_apply(params, arch, inputs, carry):
-  """Straightforward per-time-step, per-node evaluation in float64 numpy."""
+def _pair_rows(num_nodes):
+  """Row of w_pairs for each edge (j, l), by enumeration (l = 1, 2, ...; j < l)."""
+  rows = {}
+  for l in range(1, num_nodes):
+    for j in range(l):
+      rows[(j, l)] = len(rows)
+  return rows
+
+
+def reference_apply(params, arch, inputs, carry, masks=None, clip=None):
+  """Straightforward per-time-step, per-node evaluation in float64 numpy.
+
+  ``masks`` (from ``supernet.dropout_masks``) and ``clip`` give train mode.
+  """
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.asarray(v, np.float64) for k, v in (masks or {}).items()}
   h_size = p["w_x"].shape[0]
   arch = search_space.Architecture.from_tokens(np.asarray(arch))
   loose = arch.loose_ends()
+  rows = _pair_rows(arch.num_nodes)
   h_prev = np.asarray(carry, np.float64)
+  w_h = p["w_h"] * m["w_h"] if masks else p["w_h"]
   logits = []
   for t in range(inputs.shape[0]):
-    x = p["embedding"][np.asarray(inputs[t])]
-    pre = x @ p["w_x"] + h_prev @ p["w_h"]
+    ids = np.asarray(inputs[t])
+    x = p["embedding"][ids]
+    if masks:
+      x = x * m["embed_rows"][ids][:, None] * m["input"][0]
+    pre = x @ p["w_x"] + h_prev @ w_h
     c0 = _sigmoid(pre[:, :h_size])
     nodes = [c0 * _np_act(arch.acts[0], pre[:, h_size:]) + (1 - c0) * h_prev]
     for l in range(1, arch.num_nodes):
       j = arch.prevs[l - 1]
-      w = p["w_pairs"][supernet.pair_index(j, l)]
+      w = p["w_pairs"][rows[(j, l)]]
       pre = nodes[j] @ w
       c = _sigmoid(pre[:, :h_size])
       nodes.append(c * _np_act(arch.acts[l], pre[:, h_size:]) + (1 - c) * nodes[j])
     out = np.mean([nodes[l] for l in loose], axis=0)
+    if masks:
+      out = out * m["output"][0]
     logits.append(out @ p["embedding"].T + p["decoder_bias"])
     h_prev = nodes[-1]
+    if clip is not None:
+      norms = np.linalg.norm(h_prev, axis=-1, keepdims=True)
+      h_prev = h_prev * np.minimum(1.0, clip / norms)
   return np.stack(logits), h_prev
 
 
@@ -79,7 +102,11 @@ def _test_cells():
 
 @pytest.mark.parametrize("cell", _test_cells(), ids=str)
 def test_apply_matches_per_node_reference(params, batch, cell):
-  """Logits and next carry agree with the plain float64 reference to 1e-5."""
+  """Logits and next carry agree with the plain float64 reference to 1e-5.
+
+  Covers chains of each activation, a star (all nodes but 0 loose) and random
+  cells.
+  """
   inputs, carry = batch
   logits, new_carry = apply(
       params, jnp.asarray(cell.tokens()), inputs, carry, config=CFG)
@@ -89,7 +116,7 @@ def test_apply_matches_per_node_reference(params, batch, cell):
   np.testing.assert_allclose(new_carry, ref_carry, atol=1e-5, rtol=1e-5)
 
 
-def test_loose_end_mean_uses_every_loose_end(params, batch):
+def test_loose_end_mean_includes_non_final_loose_ends(params, batch):
   """Cells differing only in a loose end's activation give different logits."""
   inputs, carry = batch
   star = search_space.Architecture(acts=(0, 0, 0, 0, 0, 0), prevs=(0,) * 5)
@@ -127,6 +154,7 @@ def test_gradient_step_compiles_once_for_many_cells(params, batch):
   targets = jnp.roll(inputs, -1, axis=0)
   cells = np.asarray(search_space.sample_uniform(jax.random.key(6),
                                                  CFG.num_nodes, 12))
+  assert len({tuple(c) for c in cells}) >= 10
   clip = optax.clip_by_global_norm(0.25)
 
   @jax.jit
@@ -185,6 +213,72 @@ def test_train_mode_requires_a_key(params, batch):
   arch = jnp.asarray(search_space.chain(CFG.num_nodes).tokens())
   with pytest.raises(ValueError, match="key"):
     supernet.apply(params, arch, inputs, carry, config=CFG, train=True)
+
+
+def test_train_mode_matches_reference_with_the_same_masks(params, batch):
+  """Train mode = reference with dropout_masks(key) applied and clip per step.
+
+  Repeated input words check that embedding dropout drops word rows; the
+  masks' [1, B, H] shape means one input/output mask for all time steps.
+  """
+  inputs, carry = batch
+  inputs = inputs.at[3].set(inputs[0])  # The same words at two time steps.
+  cfg = supernet.SupernetConfig(vocab_size=CFG.vocab_size,
+                                hidden_size=CFG.hidden_size,
+                                num_nodes=CFG.num_nodes, embed_dropout=0.3,
+                                hidden_clip=0.8)
+  key = jax.random.key(11)
+  masks = supernet.dropout_masks(key, B, cfg)
+  for cell in _test_cells()[3:6]:
+    logits, new_carry = apply(params, jnp.asarray(cell.tokens()), inputs,
+                              carry, config=cfg, key=key, train=True)
+    ref_logits, ref_carry = reference_apply(params, cell.tokens(), inputs,
+                                            carry, masks=masks, clip=0.8)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(new_carry, ref_carry, atol=1e-5, rtol=1e-5)
+  # The clip was active: unclipped states exceed it.
+  _, unclipped = reference_apply(params, _test_cells()[3].tokens(), inputs,
+                                 carry, masks=masks)
+  assert np.linalg.norm(unclipped, axis=-1).max() > 0.8
+
+
+def test_dropout_masks_have_the_configured_rates_and_shapes():
+  """Masks are 0 or 1/keep, with empirical drop rates near the config's."""
+  cfg = supernet.SupernetConfig(vocab_size=20_000, hidden_size=200,
+                                num_nodes=3)
+  masks = supernet.dropout_masks(jax.random.key(0), 64, cfg)
+  expected = {"embed_rows": ((20_000,), 0.1), "input": ((1, 64, 200), 0.65),
+              "output": ((1, 64, 200), 0.4), "w_h": ((200, 400), 0.5)}
+  for name, (shape, rate) in expected.items():
+    mask = np.asarray(masks[name])
+    assert mask.shape == shape, name
+    np.testing.assert_allclose(np.unique(mask), [0.0, 1.0 / (1.0 - rate)],
+                               rtol=1e-6, err_msg=name)
+    assert abs(np.mean(mask == 0.0) - rate) < 0.01, name
+  other = supernet.dropout_masks(jax.random.key(1), 64, cfg)
+  assert np.any(np.asarray(other["input"]) != np.asarray(masks["input"]))
+
+
+def test_default_config_pins_design_values():
+  """The defaults are DESIGN's regularisation and paper sizes."""
+  cfg = supernet.SupernetConfig()
+  assert (cfg.vocab_size, cfg.hidden_size, cfg.num_nodes) == (10_000, 1000, 12)
+  assert (cfg.embed_dropout, cfg.input_dropout, cfg.output_dropout,
+          cfg.recurrent_dropconnect, cfg.hidden_clip) == (0.1, 0.65, 0.4,
+                                                          0.5, 25.0)
+
+
+def test_concrete_invalid_cells_and_token_ids_are_rejected(params, batch):
+  """Invalid concrete tokens name the position; ids >= vocab are an error."""
+  inputs, carry = batch
+  arch = search_space.chain(CFG.num_nodes).tokens()
+  arch[5] = 3  # prev_3 may only be 0..2.
+  with pytest.raises(ValueError, match="token 5"):
+    supernet.apply(params, jnp.asarray(arch), inputs, carry, config=CFG)
+  good = jnp.asarray(search_space.chain(CFG.num_nodes).tokens())
+  with pytest.raises(ValueError, match="vocabulary"):
+    supernet.apply(params, good, inputs.at[0, 0].set(CFG.vocab_size), carry,
+                   config=CFG)
 
 
 def test_dropout_is_keyed_and_off_in_eval(params, batch):
