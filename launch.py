@@ -1,32 +1,135 @@
-"""Entry point: ``python launch.py --experiment=NAME [--workdir=DIR]``.
+"""Runs an experiment: ``python launch.py --experiment=NAME[:PRESET] [flags]``.
 
-Only parses flags and hands over to the experiment; all logic lives in the
-``nas_jax`` library and the ``experiments`` package.
+  --experiment=NAME[:PRESET]   which experiment; a preset (paper, smoke)
+                               modifies its config.
+  --workdir=DIR                run directory (default runs/NAME or
+                               runs/NAME_PRESET). The same command on the same
+                               directory resumes; a directory made with another
+                               config is refused, with the differing keys.
+  --config.SECTION.KEY=VALUE   override any config value (type-checked).
+  --print_config               print the resolved config and exit.
+
+Experiments:
+{experiments}
+
+Examples:
+  python launch.py --experiment=smoke
+  python launch.py --experiment=enas_probe --config.train.epochs=20
+  python launch.py --experiment=random_ws:paper --workdir=/scratch/rs_seed0 \\
+      --config.seed=0
+
+Bad input (unknown experiment or key, wrong type, missing or corrupt data, a
+workdir of another config) prints one line and exits with status 2; a
+diverged run exits with status 3.
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 import experiments
+from nas_jax import train
+
+__doc__ = __doc__.format(experiments=experiments.describe())
 
 _EXPERIMENT = flags.DEFINE_string(
-    "experiment", None, "Name of the experiment to run.", required=True)
+    "experiment", None, "NAME or NAME:PRESET of the experiment to run.")
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory (default: a new one under runs/).")
+    "workdir", None, "Run directory (default: runs/NAME[_PRESET]).")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print the resolved config and exit.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def _fail(message: str, status: int = 2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _flat_keys(tree, prefix=""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat_keys(value, f"{prefix}{key}.")
+    else:
+      yield prefix + key
+
+
+def _check_override_keys(argv, config):
+  """Names an unknown ``--config.KEY`` before ml_collections parses it."""
+  valid = set(_flat_keys(config.to_dict()))
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    if key not in valid:
+      section = key.rsplit(".", 1)[0]
+      near = sorted(k for k in valid if k.startswith(section + "."))
+      sections = sorted({k.split(".")[0] for k in valid if "." in k})
+      hint = f"; keys in {section}: {', '.join(near)}" if near else (
+          "; sections: " + ", ".join(sections))
+      _fail(f"unknown config key {key!r}{hint}")
+
+
+def parse_flags(argv):
+  """Two passes: the experiment decides which config ``--config.*`` overrides."""
+  help_flags = ("--help", "-h", "--helpfull", "-?")
+  first = [a for a in argv if not a.startswith("--config")
+           and a not in help_flags]
   try:
-    experiment = experiments.get_experiment(_EXPERIMENT.value)
+    flags.FLAGS(first, known_only=True)
+  except flags.Error as e:
+    _fail(str(e))
+  spec = _EXPERIMENT.value
+  if any(a in help_flags for a in argv):
+    print(__doc__)
+    if spec is not None:
+      try:
+        print(f"Config of {spec} (override with --config.KEY=VALUE):")
+        print(experiments.get_config(spec)[1])
+      except ValueError as e:
+        _fail(str(e))
+    sys.exit(0)
+  if spec is None:
+    _fail("--experiment is required; valid experiments: "
+          + ", ".join(experiments.names()))
+  try:
+    experiment, config = experiments.get_config(spec)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return experiment.main(_WORKDIR.value)
+    _fail(str(e))
+  _check_override_keys(argv, config)
+  try:
+    config_flags.DEFINE_config_dict("config", config,
+                                    "The experiment's config (see above).")
+  except (flags.Error, ValueError, TypeError, KeyError, AttributeError) as e:
+    _fail(f"bad --config override: {e}")
+  flags.FLAGS.unparse_flags()
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  if len(rest) > 1:
+    _fail(f"unexpected arguments: {' '.join(rest[1:])}")
+  return experiment, flags.FLAGS.config, spec
+
+
+def main():
+  experiment, config, spec = parse_flags(sys.argv)
+  if _PRINT_CONFIG.value:
+    print(config)
+    return 0
+  workdir = _WORKDIR.value or os.path.join("runs", spec.replace(":", "_"))
+  try:
+    experiment.run(config, workdir)
+  except train.INPUT_ERRORS as e:
+    _fail(str(e))
+  except train.TrainingDiverged as e:
+    _fail(str(e), status=3)
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # absl's handlers (--help, logging) without app.run's own flag parsing.
+  app.define_help_flags()
+  sys.exit(main())

@@ -1,25 +1,54 @@
 """Experiments by name: an explicit registry, no import side effects.
 
-Each experiment is a module with ``get_config()``; it is registered here by
-name. The search-loop work adds the first ones (``enas_probe``, ``random_ws``,
-``smoke``); until then the registry is empty and ``launch.py`` says so.
+Each experiment is a module with ``get_config() -> ConfigDict`` and
+``run(config, workdir)``. ``NAME:PRESET`` applies a preset of
+:mod:`experiments.common` (``paper``, ``smoke``) to any experiment's config.
 """
 
 from __future__ import annotations
 
 import importlib
 
-# name -> module path (relative to this package).
-_REGISTRY: dict[str, str] = {}
+import ml_collections
+
+# name -> module (relative to this package), with a one-line description.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "enas_probe": (".enas_probe", "ENAS search on PTB (the main job)"),
+    "random_ws": (".random_ws", "random search with weight sharing, same budget"),
+    "smoke": (".smoke", "enas_probe:smoke, seconds on a CPU (CI)"),
+}
 
 
 def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
+def describe() -> str:
+  """One line per experiment and preset, for ``--help``."""
+  from experiments import common  # Local: keeps the import graph obvious.
+  lines = [f"  {n:<12} {_REGISTRY[n][1]}" for n in names()]
+  lines.append("presets (NAME:PRESET): " + ", ".join(sorted(common.PRESETS)))
+  return "\n".join(lines)
+
+
 def get_experiment(name: str):
   """The experiment module called ``name``; ``ValueError`` lists valid names."""
   if name not in _REGISTRY:
-    valid = ", ".join(names()) or "none registered yet"
-    raise ValueError(f"unknown experiment {name!r}; valid experiments: {valid}")
-  return importlib.import_module(_REGISTRY[name], __name__)
+    raise ValueError(
+        f"unknown experiment {name!r}; valid experiments: {', '.join(names())}")
+  return importlib.import_module(_REGISTRY[name][0], __name__)
+
+
+def get_config(spec: str) -> tuple[object, ml_collections.ConfigDict]:
+  """``NAME`` or ``NAME:PRESET`` -> (experiment module, resolved config)."""
+  from experiments import common
+  name, _, preset = spec.partition(":")
+  experiment = get_experiment(name)
+  config = experiment.get_config()
+  if preset:
+    if preset not in common.PRESETS:
+      raise ValueError(
+          f"unknown preset {preset!r}; valid presets: "
+          f"{', '.join(sorted(common.PRESETS))}")
+    config = common.PRESETS[preset](config)
+  return experiment, config

@@ -1,0 +1,18 @@
+"""``random_ws``: random search with weight sharing on the ENAS budget.
+
+The same loop as ENAS with no controller phase: the shared phase trains on
+uniformly drawn cells (``--config.search.random_sampler=controller`` draws
+them from the untrained controller instead, as the authors ran it), and the
+derive phase keeps the best of ``derive.num_cells`` random cells.
+"""
+
+from experiments import common
+from nas_jax import train
+
+run = train.train_and_evaluate
+
+
+def get_config():
+  config = common.search_config()
+  config.search.algorithm = "random_ws"
+  return config

@@ -1,0 +1,160 @@
+"""Run directories: the resolved config, and orbax checkpoints of the state.
+
+A run directory is bound to one config: ``config.json`` is written when the
+run starts, and opening the directory with a different config raises
+:class:`WorkdirMismatch` listing the differing keys, so a run is never
+silently continued with other settings.
+
+Checkpoints (``checkpoints/<tick>/``) hold the whole :class:`TrainState`
+(typed PRNG keys are stored as their raw ``uint32`` data) and a small JSON
+``meta`` (file offsets of the JSON-lines logs, the best cell so far, whether
+the run finished). Orbax writes each checkpoint to a temporary directory and
+renames it when complete, so a run killed mid-save resumes from the previous
+one. ``tick = epoch + shared_step + controller_step`` grows at every save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class WorkdirMismatch(ValueError):
+  """The run directory was created with another config."""
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """``"key: old -> new"`` for every key whose value differs (or is missing)."""
+  a, b = flatten(old), flatten(new)
+  missing = object()
+  lines = []
+  for key in sorted(set(a) | set(b)):
+    va, vb = a.get(key, missing), b.get(key, missing)
+    if va != vb:
+      fmt = lambda v: "(absent)" if v is missing else json.dumps(v)
+      lines.append(f"{key}: {fmt(va)} -> {fmt(vb)}")
+  return lines
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def bind_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Writes ``config.json`` or checks it; True when the directory is new."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  text = config_to_json(config)
+  if not os.path.exists(path):
+    _atomic_write(path, text)
+    return True
+  with open(path) as f:
+    old = json.load(f)
+  diffs = config_differences(old, json.loads(text))
+  if diffs:
+    raise WorkdirMismatch(
+        f"{workdir} holds a run with another config (workdir -> now): "
+        + "; ".join(diffs) + ". Use another --workdir, or the same settings "
+        "to resume.")
+  return False
+
+
+def _to_storable(state):
+  return jax.tree.map(
+      lambda x: jax.random.key_data(x)
+      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, state)
+
+
+def _from_storable(stored, template):
+  return jax.tree.map(
+      lambda s, t: jax.random.wrap_key_data(s, impl=jax.random.key_impl(t))
+      if jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key) else s,
+      stored, template)
+
+
+class RunDirectory:
+  """``config.json`` binding plus an orbax ``CheckpointManager``."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict,
+               max_to_keep: int = 2):
+    self.workdir = workdir
+    self.is_new = bind_config(workdir, config)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        enable_async_checkpointing=False)
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+        options=options)
+    self._last = None
+
+  @staticmethod
+  def tick(state) -> int:
+    return int(state.epoch) + int(state.shared_step) + int(state.ctrl_step)
+
+  def save(self, state, meta: dict) -> None:
+    tick = self.tick(state)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(_to_storable(state)),
+                              meta=ocp.args.JsonSave(meta))
+    if not self.manager.save(tick, args=args):
+      raise RuntimeError(
+          f"orbax did not save checkpoint {tick} (latest: "
+          f"{self.manager.latest_step()}): ticks must grow")
+    self.manager.wait_until_finished()
+    self._last = (tick, int(state.epoch), int(state.shared_step),
+                  int(state.ctrl_step))
+
+  def restore(self, template):
+    """``(state, meta)`` from the latest checkpoint, or None if there is none.
+
+    ``template`` is a freshly initialised state: it fixes structure, dtypes
+    and the PRNG implementation.
+    """
+    tick = self.manager.latest_step()
+    if tick is None:
+      return None
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(_to_storable(template)),
+        meta=ocp.args.JsonRestore())
+    restored = self.manager.restore(tick, args=args)
+    state = _from_storable(restored["state"], template)
+    self._last = (tick, int(state.epoch), int(state.shared_step),
+                  int(state.ctrl_step))
+    return state, restored["meta"]
+
+  def latest_description(self) -> str:
+    if self._last is None:
+      return "none (the run had not saved one)"
+    tick, epoch, shared, ctrl = self._last
+    path = os.path.join(self.workdir, CHECKPOINT_DIR, str(tick))
+    return (f"{path} (epoch {epoch}, shared step {shared}, controller step "
+            f"{ctrl})")
+
+  def close(self) -> None:
+    self.manager.close()

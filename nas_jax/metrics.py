@@ -1,0 +1,155 @@
+"""What a run writes as it goes: JSON-lines logs, TensorBoard, progress bars.
+
+Files in the run directory:
+
+* ``metrics.jsonl``: one JSON object per logging window or evaluation, with
+  ``epoch``, the counter it is indexed by (``shared_step`` or ``ctrl_step``),
+  the metric values and a wall-clock ``time``;
+* ``archs.jsonl``: every cell sampled for a controller update, with its
+  reward and validation-batch perplexity;
+* ``derived.jsonl``: per derive, every candidate cell and its perplexity on
+  the derive batch, and which one was kept;
+* ``best_arch.json``: the cell the search returns, with its validation and
+  test perplexity;
+* ``tb/``: TensorBoard event files of the same scalars.
+
+The JSON-lines files are truncated on resume to the sizes recorded in the
+checkpoint, so a resumed run's files equal an uninterrupted run's. Timing
+values (:func:`is_timing`) are the only fields that differ between runs.
+TensorBoard files are append-only: steps re-run after a crash appear twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import tqdm
+
+LOG_FILES = ("metrics.jsonl", "archs.jsonl", "derived.jsonl")
+BEST_ARCH_FILE = "best_arch.json"
+
+
+def is_timing(key: str) -> bool:
+  """Keys that measure wall time and so differ between identical runs."""
+  return key == "time" or key.endswith("steps_per_s") or key.endswith("seconds")
+
+
+def _finite_or_none(value: float):
+  return value if math.isfinite(value) else None
+
+
+class Window:
+  """Running sums of per-step scalars; :meth:`pop` returns their means."""
+
+  def __init__(self):
+    self._sums: dict[str, float] = {}
+    self._n = 0
+
+  def add(self, **values: float) -> None:
+    for k, v in values.items():
+      self._sums[k] = self._sums.get(k, 0.0) + v
+    self._n += 1
+
+  def pop(self) -> dict[str, float]:
+    means = {k: v / self._n for k, v in self._sums.items()}
+    means["n"] = self._n
+    self._sums, self._n = {}, 0
+    return means
+
+
+def progress(total: int, initial: int, desc: str) -> tqdm.tqdm:
+  """A progress bar with rate and ETA on stderr."""
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, file=sys.stderr,
+                   dynamic_ncols=True, mininterval=1.0, leave=False)
+
+
+class RunWriter:
+  """Appends to the run's logs; :meth:`truncate` first on every (re)start."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self._files: dict[str, Any] = {}
+    self._tb = None
+    self.last_values: dict[str, float] = {}
+
+  def _path(self, name):
+    return os.path.join(self.workdir, name)
+
+  def truncate(self, offsets: dict[str, int]) -> None:
+    """Cuts each log back to ``offsets[name]`` bytes (0 when absent)."""
+    for name in LOG_FILES:
+      path = self._path(name)
+      if os.path.exists(path):
+        with open(path, "r+b") as f:
+          f.truncate(min(offsets.get(name, 0), os.path.getsize(path)))
+      self._files[name] = open(path, "a", encoding="utf-8")
+
+  def _tensorboard(self):
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # Heavy import, only when used.
+      self._tb = SummaryWriter(self._path("tb"), flush_secs=30)
+    return self._tb
+
+  def _line(self, name: str, record: dict) -> None:
+    self._files[name].write(json.dumps(record) + "\n")
+
+  def metrics(self, step: int, epoch: int, values: dict[str, float],
+              counter: str = "shared_step") -> None:
+    values = {k: float(v) for k, v in values.items()}
+    record = {"epoch": epoch, counter: step}
+    record.update({k: _finite_or_none(v) for k, v in values.items()})
+    record["time"] = time.time()
+    self._line("metrics.jsonl", record)
+    tb = self._tensorboard()
+    for k, v in values.items():
+      tb.add_scalar(k, v, global_step=step)
+    self.last_values.update(values)
+
+  def archs(self, step: int, epoch: int, cells: np.ndarray,
+            rewards: np.ndarray, ppl: np.ndarray) -> None:
+    for cell, reward, p in zip(cells, rewards, ppl):
+      self._line("archs.jsonl", {
+          "ctrl_step": step, "epoch": epoch, "tokens": cell.tolist(),
+          "reward": _finite_or_none(float(reward)),
+          "ppl": _finite_or_none(float(p))})
+
+  def derived(self, epoch: int, cells: np.ndarray, ppl: np.ndarray,
+              best: int) -> None:
+    self._line("derived.jsonl", {
+        "epoch": epoch, "best": best, "cells": cells.tolist(),
+        "ppl": [_finite_or_none(float(p)) for p in ppl]})
+
+  def best_arch(self, record: dict) -> None:
+    path = self._path(BEST_ARCH_FILE)
+    with open(path + ".tmp", "w") as f:
+      json.dump(record, f, allow_nan=False)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+  def flush(self) -> None:
+    for f in self._files.values():
+      f.flush()
+      os.fsync(f.fileno())
+    if self._tb is not None:
+      self._tb.flush()
+
+  def offsets(self) -> dict[str, int]:
+    """Sizes of the logs, after a flush (what a checkpoint records)."""
+    self.flush()
+    return {name: os.path.getsize(self._path(name)) for name in LOG_FILES}
+
+  def close(self) -> None:
+    for f in self._files.values():
+      f.close()
+    self._files = {}
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None

@@ -1,0 +1,167 @@
+"""Tests for the experiments registry, presets and config validation."""
+
+import os
+
+import ml_collections
+import pytest
+
+import experiments
+from experiments import common
+from nas_jax import checkpointing
+from nas_jax import train
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = ("enas_probe", "random_ws", "smoke")
+SPECS = [n if p is None else f"{n}:{p}"
+         for n in NAMES for p in (None, "paper", "smoke")]
+PTB_VOCAB = 10000
+
+
+def _flat(spec):
+  return checkpointing.flatten(experiments.get_config(spec)[1].to_dict())
+
+
+def test_registry_names():
+  """The registry lists exactly the three experiments, sorted."""
+  assert experiments.names() == list(NAMES)
+
+
+def test_get_experiment_unknown_name_lists_valid_names():
+  """An unknown name raises ValueError naming it and every valid experiment."""
+  with pytest.raises(ValueError) as info:
+    experiments.get_experiment("enas")
+  message = str(info.value)
+  assert "'enas'" in message
+  for name in NAMES:
+    assert name in message
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_get_experiment_returns_module_with_run_and_config(name):
+  """Each registered experiment has callable get_config and run."""
+  module = experiments.get_experiment(name)
+  assert callable(module.run)
+  assert isinstance(module.get_config(), ml_collections.ConfigDict)
+
+
+def test_get_config_unknown_preset_lists_presets():
+  """An unknown preset raises ValueError naming the valid presets."""
+  with pytest.raises(ValueError, match=r"unknown preset 'big'.*paper, smoke"):
+    experiments.get_config("smoke:big")
+
+
+def test_describe_lists_experiments_and_presets():
+  """The --help text names every experiment and preset."""
+  text = experiments.describe()
+  for word in NAMES + ("paper", "smoke"):
+    assert word in text
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_get_config_returns_config_dict(spec):
+  """Every NAME and NAME:PRESET resolves to its module and a ConfigDict."""
+  module, config = experiments.get_config(spec)
+  assert module is experiments.get_experiment(spec.partition(":")[0])
+  assert isinstance(config, ml_collections.ConfigDict)
+  assert config.train.steps_per_epoch >= 1
+
+
+@pytest.mark.parametrize("name", ("enas_probe", "random_ws"))
+def test_paper_preset_pins_design_values(name):
+  """The paper preset restores the DESIGN sizes and hyperparameters."""
+  c = experiments.get_config(f"{name}:paper")[1]
+  assert c.model.hidden_size == 1000
+  assert c.train.epochs == 150
+  assert c.train.steps_per_epoch == 400
+  assert c.controller.steps_per_epoch == 2000
+  assert c.train.batch_size == 64
+  assert c.train.bptt == 35
+  assert c.train.lr == 20.0
+  assert c.train.grad_clip == 0.25
+  assert c.train.lr_decay == 0.96
+  assert c.train.lr_decay_start_epoch == 15
+  assert c.controller.lr == pytest.approx(3.5e-4)
+  assert c.controller.temperature == 5.0
+  assert c.controller.tanh_constant == 2.5
+  assert c.controller.reward_c == 80.0
+  assert c.controller.entropy_weight == pytest.approx(1e-4)
+  assert c.controller.baseline_decay == 0.95
+  assert c.derive.num_cells == 100
+
+
+def test_presets_return_fresh_configs():
+  """Applying a preset does not change the experiment's plain config."""
+  experiments.get_config("enas_probe:paper")
+  experiments.get_config("enas_probe:smoke")
+  config = experiments.get_config("enas_probe")[1]
+  assert config.model.hidden_size == 128
+  assert config.train.epochs == 10
+
+
+@pytest.mark.parametrize("preset", ("", ":paper", ":smoke"))
+def test_random_ws_differs_from_enas_probe_only_in_algorithm(preset):
+  """random_ws is enas_probe with search.algorithm = "random_ws"."""
+  enas, rs = _flat("enas_probe" + preset), _flat("random_ws" + preset)
+  assert enas["search.algorithm"] == "enas"
+  assert rs["search.algorithm"] == "random_ws"
+  assert checkpointing.config_differences(enas, rs) == [
+      'search.algorithm: "enas" -> "random_ws"']
+
+
+def test_smoke_equals_enas_probe_smoke():
+  """The smoke experiment is enas_probe with the smoke preset."""
+  smoke = experiments.get_config("smoke")[1].to_dict()
+  assert smoke == experiments.get_config("enas_probe:smoke")[1].to_dict()
+  assert experiments.get_experiment("smoke").run is train.train_and_evaluate
+
+
+def test_default_data_dir_is_bundled_ptb():
+  """The default data dir is the repo's data/ptb and holds the three splits."""
+  config = experiments.get_config("enas_probe")[1]
+  assert config.data.dir == common.DEFAULT_DATA_DIR
+  assert os.path.samefile(config.data.dir,
+                          os.path.join(REPO_ROOT, "data", "ptb"))
+  assert os.path.isabs(config.data.dir)
+  for split in ("train.txt", "valid.txt", "test.txt", "SHA256SUMS"):
+    assert os.path.isfile(os.path.join(config.data.dir, split))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_make_setup_accepts_every_registered_config(spec):
+  """Every registered config passes make_setup's checks."""
+  config = experiments.get_config(spec)[1]
+  setup = train.make_setup(config, vocab_size=PTB_VOCAB)
+  assert setup.algorithm == config.search.algorithm
+  assert setup.model.hidden_size == config.model.hidden_size
+  assert setup.derive_cells == config.derive.num_cells
+
+
+def _set(config, dotted, value):
+  *path, last = dotted.split(".")
+  for part in path:
+    config = config[part]
+  config[last] = value
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"search.algorithm": "darts"}, "search.algorithm"),
+    ({"checkpoint_every": 15, "log_every": 10}, "checkpoint_every"),
+    ({"derive.num_cells": 10, "derive.chunk_size": 4}, "derive.num_cells"),
+    ({"train.epochs": 0}, "train.epochs"),
+    ({"search.random_sampler": "grid"}, "search.random_sampler"),
+    ({"train.optimizer": "rmsprop"}, "train.optimizer"),
+    ({"controller.steps_per_epoch": -1}, "controller.steps_per_epoch"),
+])
+def test_make_setup_rejects_bad_values_naming_the_key(overrides, key):
+  """An invalid value raises ConfigError whose message names the key."""
+  config = experiments.get_config("smoke")[1]
+  for dotted, value in overrides.items():
+    _set(config, dotted, value)
+  with pytest.raises(train.ConfigError) as info:
+    train.make_setup(config, vocab_size=PTB_VOCAB)
+  assert key in str(info.value)
+
+
+def test_config_error_is_a_value_error():
+  """Callers catching ValueError also catch a config error."""
+  assert issubclass(train.ConfigError, ValueError)
