@@ -13,7 +13,8 @@ import ml_collections
 
 # name -> module (relative to this package), with a one-line description.
 _REGISTRY: dict[str, tuple[str, str]] = {
-    "enas_probe": (".enas_probe", "ENAS search on PTB (the main job)"),
+    "enas_probe": (".enas_probe", "ENAS search on PTB, then the probe (the main job)"),
+    "probe": (".probe", "the controller probe of an existing run (--config.run_dir)"),
     "random_ws": (".random_ws", "random search with weight sharing, same budget"),
     "smoke": (".smoke", "enas_probe:smoke, seconds on a CPU (CI)"),
 }

@@ -79,43 +79,66 @@ def search_config() -> ml_collections.ConfigDict:
       # BPTT windows; best_arch.json's valid_tokens/test_tokens then show it.
       "max_windows": 0,
   })
+  config.probe = probe_config()
   config.log_every = 10  # steps per metrics line.
   config.checkpoint_every = 50  # steps; a multiple of log_every.
   config.keep_checkpoints = 2
   return config
 
 
+def probe_config() -> ml_collections.ConfigDict:
+  """Settings of the controller probe (analysis of the carries)."""
+  return ml_collections.ConfigDict({
+      "num_cells": 100,  # K cells per controller (the authors: 100).
+      "seed": 0,
+      "num_permutations": 999,  # Mantel test.
+      "num_bootstrap": 1000,  # CIs over cells.
+      "ged_max_pairs": 300,  # networkx edit distances on a random subset.
+      "ged_timeout": 1.0,  # seconds per pair.
+  })
+
+
 def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """DESIGN's sizes and schedule: for GPUs/TPUs, not for a laptop."""
-  config.model.hidden_size = 1000
-  config.train.epochs = 150
-  config.train.steps_per_epoch = 400
-  config.train.batch_size = 64
-  config.controller.steps_per_epoch = 2000
-  config.derive.every_epochs = 10
-  config.checkpoint_every = 200
-  config.log_every = 50
+  if "train" in config:  # A search config.
+    config.model.hidden_size = 1000
+    config.train.epochs = 150
+    config.train.steps_per_epoch = 400
+    config.train.batch_size = 64
+    config.controller.steps_per_epoch = 2000
+    config.derive.every_epochs = 10
+    config.checkpoint_every = 200
+    config.log_every = 50
+  if "probe" in config:
+    config.probe.num_cells = 1000
+    config.probe.ged_max_pairs = 2000
   return config
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few steps of every phase at tiny sizes: seconds on a CPU."""
-  config.model.hidden_size = 16
-  config.model.num_nodes = 4
-  config.controller.hidden_size = 16
-  config.train.epochs = 2
-  config.train.steps_per_epoch = 4
-  config.train.batch_size = 8
-  config.train.bptt = 8
-  config.controller.steps_per_epoch = 4
-  config.controller.samples_per_step = 2
-  config.derive.num_cells = 8
-  config.derive.chunk_size = 4
-  config.derive.every_epochs = 1
-  config.eval.batch_size = 16
-  config.eval.max_windows = 20  # A partial evaluation: 2,560 tokens.
-  config.log_every = 2
-  config.checkpoint_every = 2
+  if "train" in config:  # A search config.
+    config.model.hidden_size = 16
+    config.model.num_nodes = 4
+    config.controller.hidden_size = 16
+    config.train.epochs = 2
+    config.train.steps_per_epoch = 4
+    config.train.batch_size = 8
+    config.train.bptt = 8
+    config.controller.steps_per_epoch = 4
+    config.controller.samples_per_step = 2
+    config.derive.num_cells = 8
+    config.derive.chunk_size = 4
+    config.derive.every_epochs = 1
+    config.eval.batch_size = 16
+    config.eval.max_windows = 20  # A partial evaluation: 2,560 tokens.
+    config.log_every = 2
+    config.checkpoint_every = 2
+  if "probe" in config:
+    config.probe.num_cells = 20
+    config.probe.num_permutations = 99
+    config.probe.num_bootstrap = 100
+    config.probe.ged_max_pairs = 20
   return config
 
 

@@ -1,10 +1,15 @@
-"""``enas_probe``: the main job. ENAS search on PTB (the probe of the
-controller's carries is added by the probe work)."""
+"""``enas_probe``: the main job. ENAS search on PTB, then the probe of the
+controller's carries (report.md, figures/, results.json, probe.npz in the run
+directory)."""
 
 from experiments import common
+from nas_jax import probe
 from nas_jax import train
 
-run = train.train_and_evaluate
+
+def run(config, workdir):
+  train.train_and_evaluate(config, workdir)
+  return probe.run_probe(config, workdir)
 
 
 def get_config():

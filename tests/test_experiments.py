@@ -11,9 +11,10 @@ from nas_jax import checkpointing
 from nas_jax import train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = ("enas_probe", "random_ws", "smoke")
+NAMES = ("enas_probe", "probe", "random_ws", "smoke")
+SEARCH_NAMES = ("enas_probe", "random_ws", "smoke")
 SPECS = [n if p is None else f"{n}:{p}"
-         for n in NAMES for p in (None, "paper", "smoke")]
+         for n in SEARCH_NAMES for p in (None, "paper", "smoke")]
 PTB_VOCAB = 10000
 
 
@@ -22,7 +23,7 @@ def _flat(spec):
 
 
 def test_registry_names():
-  """The registry lists exactly the three experiments, sorted."""
+  """The registry lists exactly the four experiments, sorted."""
   assert experiments.names() == list(NAMES)
 
 
@@ -112,7 +113,8 @@ def test_smoke_equals_enas_probe_smoke():
   """The smoke experiment is enas_probe with the smoke preset."""
   smoke = experiments.get_config("smoke")[1].to_dict()
   assert smoke == experiments.get_config("enas_probe:smoke")[1].to_dict()
-  assert experiments.get_experiment("smoke").run is train.train_and_evaluate
+  assert (experiments.get_experiment("smoke").run
+          is experiments.get_experiment("enas_probe").run)
 
 
 def test_default_data_dir_is_bundled_ptb():
@@ -165,3 +167,16 @@ def test_make_setup_rejects_bad_values_naming_the_key(overrides, key):
 def test_config_error_is_a_value_error():
   """Callers catching ValueError also catch a config error."""
   assert issubclass(train.ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("preset", (None, "paper", "smoke"))
+def test_probe_config_takes_every_preset(preset):
+  """The probe experiment's config has run_dir and probe settings per preset."""
+  spec = "probe" if preset is None else f"probe:{preset}"
+  config = experiments.get_config(spec)[1]
+  assert config.run_dir == ""
+  expected = {None: 100, "paper": 1000, "smoke": 20}[preset]
+  assert config.probe.num_cells == expected
+  # The search configs carry the same probe section.
+  search = experiments.get_config(spec.replace("probe", "enas_probe", 1))[1]
+  assert search.probe.to_dict() == config.probe.to_dict()

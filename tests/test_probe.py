@@ -1,0 +1,93 @@
+"""Tests for the controller probe: collection from a run, analysis, report."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import experiments
+from nas_jax import controller
+from nas_jax import probe
+from nas_jax import search_space
+from nas_jax import train
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory):
+  """A smoke search run, then the probe on it (what enas_probe:smoke does)."""
+  workdir = str(tmp_path_factory.mktemp("runs") / "enas_probe_smoke")
+  module, config = experiments.get_config("enas_probe:smoke")
+  results = module.run(config, workdir)
+  return workdir, config, results
+
+
+def test_probe_writes_report_figures_results_and_raw_data(probed_run):
+  """report.md, figures/*.png, results.json and probe.npz in the run dir."""
+  workdir, config, results = probed_run
+  for name in ("report.md", "results.json", "probe.npz", "best_arch.json"):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  figures = os.listdir(os.path.join(workdir, "figures"))
+  assert len([f for f in figures if f.endswith(".png")]) == 6
+  report = open(os.path.join(workdir, "report.md")).read()
+  for text in ("Claim 3", "Claim 4", "has **not** seen the last",
+               "aligned_edit_distance", "untrained", "permuted"):
+    assert text in report, text
+  for line in report.splitlines():
+    if line.startswith("![") and "](" in line:
+      target = line.split("](")[1].rstrip(")")
+      assert os.path.isfile(os.path.join(workdir, target)), target
+  stored = json.load(open(os.path.join(workdir, "results.json")))
+  assert stored["num_cells"] == config.probe.num_cells
+  assert stored["num_pairs"] == 20 * 19 // 2
+  assert set(stored["arms"]) == {"trained", "untrained"}
+  main = stored["arms"]["trained"]["correlations"]["h/l2"]
+  for name in ("aligned_edit_distance", "common_connections",
+               "common_activations", "jaccard_edges", "wl_kernel",
+               "topological_ged", "labelled_ged", "abs_ppl_difference"):
+    assert name in main, name
+    assert -1.0 <= main[name]["spearman"]["rho"] <= 1.0
+  assert "claim3" in stored["verdicts"] and "claim4" in stored["verdicts"]
+  assert results["timing"]["total_seconds"] > 0
+
+
+def test_probe_npz_holds_the_last_step_carries(probed_run):
+  """h/c in probe.npz are the carries of the last decision step (re-scored)."""
+  workdir, config, _ = probed_run
+  raw = np.load(os.path.join(workdir, "probe.npz"))
+  k = config.probe.num_cells
+  steps = search_space.num_tokens(config.model.num_nodes)
+  assert raw["trained/tokens"].shape == (k, steps)
+  assert raw["trained/h"].shape == (k, config.controller.hidden_size)
+  assert raw["trained/ppl"].shape == (k,)
+  assert np.all(np.isfinite(raw["trained/ppl"]))
+  # Re-score the untrained controller's cells: its carries at the last step.
+  cfg = train.make_setup(config, 10_000).ctrl
+  params = train.init_state(config, train.make_setup(config, 10_000)).ctrl
+  scored = controller.score(params, jnp.asarray(raw["untrained/tokens"]),
+                            config=cfg, mode="derive")
+  np.testing.assert_allclose(raw["untrained/h"], scored.h[:, -1], atol=1e-5)
+  np.testing.assert_allclose(raw["untrained/c"], scored.c[:, -1], atol=1e-5)
+  # The trained controller moved away from its initial parameters.
+  assert not np.allclose(raw["trained/h"], raw["untrained/h"])
+
+
+def test_probe_experiment_reanalyses_an_existing_run(probed_run, capsys):
+  """--experiment=probe --config.run_dir=DIR reproduces the same numbers."""
+  workdir, _, results = probed_run
+  module, config = experiments.get_config("probe:smoke")
+  config.run_dir = workdir
+  again = module.run(config, None)
+  main = lambda r: r["arms"]["trained"]["correlations"]["h/l2"][
+      "aligned_edit_distance"]["spearman"]["rho"]
+  assert main(again) == pytest.approx(main(results))
+
+
+def test_probe_of_a_directory_without_a_run_is_a_config_error(tmp_path):
+  """A run_dir that is not a search run gives a ConfigError naming it."""
+  module, config = experiments.get_config("probe:smoke")
+  config.run_dir = str(tmp_path)
+  with pytest.raises(train.ConfigError, match="config.json"):
+    module.run(config, None)
