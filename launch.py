@@ -48,30 +48,6 @@ def _fail(message: str, status: int = 2):
   sys.exit(status)
 
 
-def _flat_keys(tree, prefix=""):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flat_keys(value, f"{prefix}{key}.")
-    else:
-      yield prefix + key
-
-
-def _check_override_keys(argv, config):
-  """Names an unknown ``--config.KEY`` before ml_collections parses it."""
-  valid = set(_flat_keys(config.to_dict()))
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config."):].split("=", 1)[0]
-    if key not in valid:
-      section = key.rsplit(".", 1)[0]
-      near = sorted(k for k in valid if k.startswith(section + "."))
-      sections = sorted({k.split(".")[0] for k in valid if "." in k})
-      hint = f"; keys in {section}: {', '.join(near)}" if near else (
-          "; sections: " + ", ".join(sections))
-      _fail(f"unknown config key {key!r}{hint}")
-
-
 def parse_flags(argv):
   """Two passes: the experiment decides which config ``--config.*`` overrides."""
   help_flags = ("--help", "-h", "--helpfull", "-?")
@@ -98,7 +74,10 @@ def parse_flags(argv):
     experiment, config = experiments.get_config(spec)
   except ValueError as e:
     _fail(str(e))
-  _check_override_keys(argv, config)
+  try:
+    experiments.check_override_keys(config, argv)
+  except ValueError as e:
+    _fail(str(e))
   try:
     config_flags.DEFINE_config_dict("config", config,
                                     "The experiment's config (see above).")

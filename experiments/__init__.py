@@ -11,6 +11,9 @@ import importlib
 
 import ml_collections
 
+from experiments import common
+from nas_jax import checkpointing
+
 # name -> module (relative to this package), with a one-line description.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "enas_probe": (".enas_probe", "ENAS search on PTB, then the probe (the main job)"),
@@ -26,7 +29,6 @@ def names() -> list[str]:
 
 def describe() -> str:
   """One line per experiment and preset, for ``--help``."""
-  from experiments import common  # Local: keeps the import graph obvious.
   lines = [f"  {n:<12} {_REGISTRY[n][1]}" for n in names()]
   lines.append("presets (NAME:PRESET): " + ", ".join(sorted(common.PRESETS)))
   return "\n".join(lines)
@@ -42,7 +44,6 @@ def get_experiment(name: str):
 
 def get_config(spec: str) -> tuple[object, ml_collections.ConfigDict]:
   """``NAME`` or ``NAME:PRESET`` -> (experiment module, resolved config)."""
-  from experiments import common
   name, _, preset = spec.partition(":")
   experiment = get_experiment(name)
   config = experiment.get_config()
@@ -53,3 +54,23 @@ def get_config(spec: str) -> tuple[object, ml_collections.ConfigDict]:
           f"{', '.join(sorted(common.PRESETS))}")
     config = common.PRESETS[preset](config)
   return experiment, config
+
+
+def check_override_keys(config: ml_collections.ConfigDict, argv) -> None:
+  """``ValueError`` naming an unknown ``--config.KEY`` and the valid ones.
+
+  Runs before ml_collections parses the overrides, whose own error for an
+  unknown key does not say which one.
+  """
+  valid = set(checkpointing.flatten(config.to_dict()))
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    if key not in valid:
+      section = key.rsplit(".", 1)[0]
+      near = sorted(k for k in valid if k.startswith(section + "."))
+      sections = sorted({k.split(".")[0] for k in valid if "." in k})
+      hint = f"; keys in {section}: {', '.join(near)}" if near else (
+          "; sections: " + ", ".join(sections))
+      raise ValueError(f"unknown config key {key!r}{hint}")

@@ -98,48 +98,67 @@ def probe_config() -> ml_collections.ConfigDict:
   })
 
 
-def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """DESIGN's sizes and schedule: for GPUs/TPUs, not for a laptop."""
-  if "train" in config:  # A search config.
-    config.model.hidden_size = 1000
-    config.train.epochs = 150
-    config.train.steps_per_epoch = 400
-    config.train.batch_size = 64
-    config.controller.steps_per_epoch = 2000
-    config.derive.every_epochs = 10
-    config.checkpoint_every = 200
-    config.log_every = 50
-  if "probe" in config:
-    config.probe.num_cells = 1000
-    config.probe.ged_max_pairs = 2000
+# Presets as data: dotted keys and values. A key is applied when its first
+# part exists in the config, so one preset serves search configs (model,
+# train, ...) and the probe config (run_dir, probe) alike.
+_PAPER = {
+    # DESIGN's sizes and schedule: for GPUs/TPUs, not for a laptop.
+    "model.hidden_size": 1000,
+    "train.epochs": 150,
+    "train.steps_per_epoch": 400,
+    "train.batch_size": 64,
+    "controller.steps_per_epoch": 2000,
+    "derive.every_epochs": 10,
+    "checkpoint_every": 200,
+    "log_every": 50,
+    "probe.num_cells": 1000,
+    "probe.ged_max_pairs": 2000,
+}
+_SMOKE = {
+    # A few steps of every phase at tiny sizes: seconds on a CPU.
+    "model.hidden_size": 16,
+    "model.num_nodes": 4,
+    "controller.hidden_size": 16,
+    "train.epochs": 2,
+    "train.steps_per_epoch": 4,
+    "train.batch_size": 8,
+    "train.bptt": 8,
+    "controller.steps_per_epoch": 4,
+    "controller.samples_per_step": 2,
+    "derive.num_cells": 8,
+    "derive.chunk_size": 4,
+    "derive.every_epochs": 1,
+    "eval.batch_size": 16,
+    "eval.max_windows": 20,  # A partial evaluation: 2,560 tokens.
+    "log_every": 2,
+    "checkpoint_every": 2,
+    "probe.num_cells": 20,
+    "probe.num_permutations": 99,
+    "probe.num_bootstrap": 100,
+    "probe.ged_max_pairs": 20,
+}
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    values: dict[str, object]) -> ml_collections.ConfigDict:
+  """Sets ``values`` (dotted keys) whose first part ``config`` has."""
+  for dotted, value in values.items():
+    *path, last = dotted.split(".")
+    if (path[0] if path else last) not in config:
+      continue
+    node = config
+    for part in path:
+      node = node[part]
+    node[last] = value
   return config
+
+
+def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return apply_overrides(config, _PAPER)
 
 
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A few steps of every phase at tiny sizes: seconds on a CPU."""
-  if "train" in config:  # A search config.
-    config.model.hidden_size = 16
-    config.model.num_nodes = 4
-    config.controller.hidden_size = 16
-    config.train.epochs = 2
-    config.train.steps_per_epoch = 4
-    config.train.batch_size = 8
-    config.train.bptt = 8
-    config.controller.steps_per_epoch = 4
-    config.controller.samples_per_step = 2
-    config.derive.num_cells = 8
-    config.derive.chunk_size = 4
-    config.derive.every_epochs = 1
-    config.eval.batch_size = 16
-    config.eval.max_windows = 20  # A partial evaluation: 2,560 tokens.
-    config.log_every = 2
-    config.checkpoint_every = 2
-  if "probe" in config:
-    config.probe.num_cells = 20
-    config.probe.num_permutations = 99
-    config.probe.num_bootstrap = 100
-    config.probe.ged_max_pairs = 20
-  return config
+  return apply_overrides(config, _SMOKE)
 
 
 PRESETS: dict[str, Callable[[ml_collections.ConfigDict],

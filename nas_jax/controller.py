@@ -103,8 +103,12 @@ def init(key: jax.Array, config: ControllerConfig) -> Params:
   }
 
 
-def _step_tables(config: ControllerConfig):
-  """Static per-step constants: valid-choice mask and embedding row offset."""
+def step_tables(config: ControllerConfig):
+  """Per-step constants ``(valid bool[2N-1, K], offset int32[2N-1])``.
+
+  ``valid[t]`` masks step ``t``'s impossible choices (pass it to
+  :func:`step_logits`); ``offset[t]`` is the embedding row of choice 0.
+  """
   sizes = search_space.decision_sizes(config.num_nodes)
   valid = np.arange(config.num_choices)[None, :] < sizes[:, None]
   offset = np.where(np.arange(config.num_steps) % 2 == 0, 0,
@@ -173,7 +177,7 @@ def _initial_carry(initial_carry, num, config):
 
 def _unroll(params, config, mode, carry, num, key=None, tokens=None):
   """Shared scan of ``sample`` (``key``) and ``score`` (``tokens [num, 2N-1]``)."""
-  valid, offset = _step_tables(config)
+  valid, offset = step_tables(config)
   steps = jnp.arange(config.num_steps)
   xs = steps if tokens is None else (steps, tokens.T)
 

@@ -50,7 +50,7 @@ def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
 
 def _step_distributions(params, hs, setup):
   """Per-step max probability ``[K, S]`` from the carries ``h [K, S, H]``."""
-  valid, _ = controller._step_tables(setup.ctrl)  # pylint: disable=protected-access
+  valid, _ = controller.step_tables(setup.ctrl)
   steps = []
   for t in range(setup.ctrl.num_steps):
     logits = controller.step_logits(params, hs[:, t], t, valid[t],
@@ -106,7 +106,7 @@ def collect(run_dir: str, num_cells: int, seed: int) -> dict[str, np.ndarray]:
                             verify=config.data.verify_checksums)
   setup = train.make_setup(config, corpus.vocab_size)
   fresh = train.init_state(config, setup)
-  untrained_ctrl = jax.tree.map(jnp.copy, fresh.ctrl)
+  untrained_ctrl = fresh.ctrl  # restore() only reads the template.
   run = checkpointing.RunDirectory(run_dir, config)
   try:
     restored = run.restore(fresh)

@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -113,10 +112,6 @@ class Setup:
 
 def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
   """Checks the config's choices and sizes; :class:`ConfigError` names the key."""
-  return _make_setup(config, vocab_size)
-
-
-def _make_setup(config, vocab_size):
   _check_choice(config, "search.algorithm", ALGORITHMS)
   _check_choice(config, "search.random_sampler", RANDOM_SAMPLERS)
   _check_choice(config, "train.optimizer", SHARED_OPTIMIZERS)
@@ -379,9 +374,9 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
       "cells": rollout.tokens, "cell_rewards": reward, "cell_ppl": ppl}
 
 
-@functools.partial(jax.jit, static_argnames=("setup", "mode"))
-def derive_cells(state: TrainState, valid_data: jax.Array, *, setup: Setup,
-                 mode: str = "derive") -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnames="setup")
+def derive_cells(state: TrainState, valid_data: jax.Array, *, setup: Setup
+                 ) -> tuple[jax.Array, jax.Array]:
   """``K`` cells and their ppl on the first validation window (zero carry).
 
   ENAS samples in derive mode from the controller; RS-WS draws from its
@@ -389,7 +384,7 @@ def derive_cells(state: TrainState, valid_data: jax.Array, *, setup: Setup,
   """
   key = jax.random.fold_in(jax.random.fold_in(state.key, _DERIVE_STREAM),
                            state.epoch)
-  cells = sample_cells(state, key, setup.derive_cells, setup, mode=mode)
+  cells = sample_cells(state, key, setup.derive_cells, setup, mode="derive")
   inputs, targets = _window(valid_data, 0, setup.bptt)
   losses = cell_losses(state.shared, cells, inputs, targets,
                        config=setup.model, chunk_size=setup.derive_chunk)
@@ -487,7 +482,6 @@ class _Loop:
         raise ConfigError(
             f"the {name} split has {arr.shape[0]} rows at batch size "
             f"{t.batch_size}, fewer than train.bptt + 1 = {t.bptt + 1}")
-    self.steps_per_epoch = t.steps_per_epoch
     self.ctrl_per_epoch = ctrl_steps_per_epoch(config)
     self.ckpt = checkpointing.RunDirectory(
         workdir, config, max_to_keep=config.keep_checkpoints)
@@ -517,7 +511,8 @@ class _Loop:
   # -- checkpoints ----------------------------------------------------------
 
   def save(self, finished=False):
-    self.writer.flush()
+    # offsets() flushes the logs first, so the checkpoint never points past
+    # what is on disk.
     self.ckpt.save(self.state, {"offsets": self.writer.offsets(),
                                 "finished": finished, "best": self.best})
 
@@ -569,7 +564,7 @@ class _Loop:
         total, done, f"epoch {epoch + 1}/{self.config.train.epochs} {name}")
     start = time.perf_counter()
     for i in range(done, total):
-      step = int(getattr(self.state, counter))
+      step = epoch * total + i  # == state.<counter>, without a device sync.
       self.state, m = step_fn(self.state)
       scalars = observe(step, epoch, jax.device_get(m))
       window.add(**scalars)
@@ -597,7 +592,7 @@ class _Loop:
               "train/ppl": math.exp(means["loss"]),
               "train/grad_norm": means["grad_norm"], "train/lr": means["lr"]}
 
-    self._phase(epoch, "shared", self.steps_per_epoch, "shared_step",
+    self._phase(epoch, "shared", self.setup.steps_per_epoch, "shared_step",
                 lambda state: shared_step(state, self.train_data,
                                           setup=self.setup),
                 observe, summarize, rate_key="train/steps_per_s")

@@ -113,7 +113,7 @@ def test_log_probs_and_entropies_match_reference(params, rollout, mode):
 
 def test_rollout_h_is_the_state_the_logits_came_from(params, rollout):
   """log_softmax(step_logits(h[:, t])) at the token equals log_probs[:, t]."""
-  valid, _ = controller._step_tables(CFG)
+  valid, _ = controller.step_tables(CFG)
   for t in range(CFG.num_steps):
     logits = controller.step_logits(params, rollout.h[:, t], t, valid[t],
                                     config=CFG, mode="train")

@@ -3,14 +3,12 @@
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import experiments
 from nas_jax import controller
-from nas_jax import probe
 from nas_jax import search_space
 from nas_jax import train
 

@@ -16,10 +16,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import experiments
+from experiments import common
 from nas_jax import controller
 from nas_jax import data
 from nas_jax import metrics
@@ -32,14 +32,7 @@ VOCAB = 50
 
 
 def smoke_config(**overrides):
-  config = experiments.get_config("smoke")[1]
-  for dotted, value in overrides.items():
-    *path, last = dotted.split(".")
-    node = config
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
+  return common.apply_overrides(experiments.get_config("smoke")[1], overrides)
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,6 @@ def _save(fig, fig_dir, name):
   return name
 
 
-def _upper(m):
-  i, j = np.triu_indices(m.shape[0], 1)
-  return m[i, j]
-
-
 def _subsample(n, seed=0):
   idx = np.arange(n)
   if n > _MAX_SCATTER:
@@ -37,10 +32,15 @@ def _subsample(n, seed=0):
   return idx
 
 
-def density(raw, fig_dir):
+def _hidden_l2(results, arm):
+  """The ``[K, K]`` L2 distances of h the analysis computed."""
+  return results["arms"][arm]["_hidden_l2"]
+
+
+def density(results, fig_dir):
   fig, ax = plt.subplots(figsize=(6, 4))
   for arm, color in _COLORS.items():
-    d = _upper(stats.pairwise_l2(raw[f"{arm}/h"]))
+    d = stats.upper_triangle(_hidden_l2(results, arm))
     ax.hist(d, bins=50, density=True, alpha=0.5, color=color, label=arm)
   ax.set_xlabel("pairwise L2 distance of h")
   ax.set_ylabel("density")
@@ -53,8 +53,8 @@ def scatter(results, raw, fig_dir):
   fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4))
   for ax, name in zip(axes, names):
     for arm, color in _COLORS.items():
-      d = _upper(stats.pairwise_l2(raw[f"{arm}/h"]))
-      m = _upper(results["arms"][arm]["_matrices"][name])
+      d = stats.upper_triangle(_hidden_l2(results, arm))
+      m = stats.upper_triangle(results["arms"][arm]["_matrices"][name])
       idx = _subsample(d.size)
       ax.scatter(m[idx], d[idx], s=3, alpha=0.3, color=color, label=arm)
     ax.set_xlabel(name)
@@ -79,8 +79,8 @@ def _cell_graph(ax, tokens, title):
   ax.axis("off")
 
 
-def closest_farthest(raw, fig_dir):
-  d = stats.pairwise_l2(raw["trained/h"]).copy()
+def closest_farthest(results, raw, fig_dir):
+  d = _hidden_l2(results, "trained")
   tokens = raw["trained/tokens"]
   # Identical cells have distance 0 by construction: look at distinct cells.
   same = np.all(tokens[:, None] == tokens[None, :], axis=-1)
@@ -96,13 +96,14 @@ def closest_farthest(raw, fig_dir):
   return _save(fig, fig_dir, "closest_farthest_pairs.png")
 
 
-def ppl_relation(raw, fig_dir):
+def ppl_relation(results, raw, fig_dir):
   fig, ax = plt.subplots(figsize=(6, 4))
   for arm, color in _COLORS.items():
     ppl = raw[f"{arm}/ppl"]
     finite = np.isfinite(ppl)  # Overflowed cells have no finite difference.
-    d = _upper(stats.pairwise_l2(raw[f"{arm}/h"][finite]))
-    diff = _upper(np.abs(ppl[finite][:, None] - ppl[finite][None, :]))
+    d = stats.upper_triangle(_hidden_l2(results, arm)[finite][:, finite])
+    diff = stats.upper_triangle(
+        np.abs(ppl[finite][:, None] - ppl[finite][None, :]))
     idx = _subsample(d.size)
     ax.scatter(diff[idx], d[idx], s=3, alpha=0.3, color=color, label=arm)
   ax.set_xlabel("|ppl_i - ppl_j| (shared weights, derive window)")
@@ -151,10 +152,10 @@ def per_step(results, fig_dir):
 
 def draw_all(results, raw, fig_dir) -> dict[str, str]:
   return {
-      "density": density(raw, fig_dir),
+      "density": density(results, fig_dir),
       "scatter": scatter(results, raw, fig_dir),
-      "pairs": closest_farthest(raw, fig_dir),
-      "ppl": ppl_relation(raw, fig_dir),
+      "pairs": closest_farthest(results, raw, fig_dir),
+      "ppl": ppl_relation(results, raw, fig_dir),
       "pca": pca(results, raw, fig_dir),
       "steps": per_step(results, fig_dir),
   }

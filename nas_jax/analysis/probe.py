@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from nas_jax import search_space
 from nas_jax.analysis import graph_metrics
 from nas_jax.analysis import stats
 
@@ -71,9 +70,9 @@ def _graph_metrics(tokens, p, pairs):
   return out
 
 
-def _correlate(dist, metric, name, p, seed, pairs, full):
+def _correlate(dist, metric, name, p, pairs, full):
   kwargs = dict(num_permutations=p.num_permutations,
-                num_bootstrap=p.num_bootstrap if full else 0, seed=seed)
+                num_bootstrap=p.num_bootstrap if full else 0, seed=p.seed)
   if name in SUBSET_METRICS:
     finite = np.isfinite(metric[pairs[:, 0], pairs[:, 1]])
     kwargs["pairs"] = pairs[finite]
@@ -84,7 +83,7 @@ def analyse(raw: dict[str, np.ndarray], p, run_dir: str) -> dict[str, Any]:
   """All statistics of the probe, as a JSON-able dict (see README schema)."""
   k = raw["trained/tokens"].shape[0]
   pairs = graph_metrics.sample_pairs(k, p.ged_max_pairs, p.seed)
-  all_pairs = np.stack(np.triu_indices(k, 1), axis=1)
+  all_pairs = np.stack(stats.pairs_index(k), axis=1)
   results: dict[str, Any] = {
       "run_dir": run_dir, "checkpoint": str(raw["checkpoint"]),
       "epochs_trained": int(raw["epochs_trained"]),
@@ -110,9 +109,9 @@ def analyse(raw: dict[str, np.ndarray], p, run_dir: str) -> dict[str, Any]:
         full = (carry, kind) == (MAIN_CARRY, MAIN_DISTANCE)
         table = {}
         for name in METRICS:
-          table[name] = _correlate(dist, metrics[name], name, p, p.seed, pairs,
-                                   full)
+          table[name] = _correlate(dist, metrics[name], name, p, pairs, full)
         if full:
+          main_dist = dist
           # Cells whose shared-weight ppl overflowed (inf) have no finite
           # difference: only pairs of finite-ppl cells enter.
           ppl = raw[f"{arm}/ppl"]
@@ -124,7 +123,6 @@ def analyse(raw: dict[str, np.ndarray], p, run_dir: str) -> dict[str, Any]:
               num_permutations=p.num_permutations,
               num_bootstrap=p.num_bootstrap, seed=p.seed)
         arm_res["correlations"][f"{carry}/{kind}"] = table
-    main_dist = _distance(_carry(raw, arm, MAIN_CARRY), MAIN_DISTANCE)
     for name, larger_similar in METRICS.items():
       if name in SUBSET_METRICS:
         continue
@@ -153,7 +151,9 @@ def analyse(raw: dict[str, np.ndarray], p, run_dir: str) -> dict[str, Any]:
         "random_state_max_prob":
             raw[f"{arm}/random_init_max_prob"].mean(0).tolist(),
     }
-    arm_res["_matrices"] = metrics  # For figures; dropped from results.json.
+    # For figures; keys starting with "_" are dropped from results.json.
+    arm_res["_matrices"] = metrics
+    arm_res["_hidden_l2"] = main_dist
     arm_res["_properties"] = props
     results["arms"][arm] = arm_res
   results["verdicts"] = verdicts(results)
@@ -409,6 +409,3 @@ probabilities, ppl, for both controllers); every number above is in
   with open(os.path.join(run_dir, "report.md"), "w") as f:
     f.write(report)
 
-
-def architecture(tokens) -> search_space.Architecture:
-  return search_space.Architecture.from_tokens(np.asarray(tokens))
