@@ -68,6 +68,19 @@ def search_config() -> ml_collections.ConfigDict:
       # untrained controller, as the authors ran their baseline).
       "random_sampler": "uniform",
   })
+  config.buffer = ml_collections.ConfigDict({
+      # Memory-buffer replay loss (DESIGN "Memory buffer"): "none" (plain
+      # ENAS), "clean" or "faithful" (the authors' quirks).
+      "variant": "none",
+      "policy": "fifo",  # "fifo", "reservoir" or "authors".
+      "capacity": 10_000,
+      "store_per_epoch": 1000,  # cells stored when a controller phase starts,
+      "store_start_epoch": 1,  # from this epoch (from 0; the authors: 5),
+      "replay_start_epoch": 2,  # replayed from this one (the authors: 10),
+      "replay_samples": 100,  # per controller step,
+      "weight": 1.0,  # lambda of the replay loss.
+      "replace_rows": 100,  # "authors" policy: rows replaced once full.
+  })
   config.derive = ml_collections.ConfigDict({
       "num_cells": 100,
       "chunk_size": 10,  # cells scored together (memory: chunk x T x B x V).
@@ -109,6 +122,8 @@ _PAPER = {
     "train.batch_size": 64,
     "controller.steps_per_epoch": 2000,
     "derive.every_epochs": 10,
+    "buffer.store_start_epoch": 5,
+    "buffer.replay_start_epoch": 10,
     "checkpoint_every": 200,
     "log_every": 50,
     "probe.num_cells": 1000,
@@ -130,12 +145,19 @@ _SMOKE = {
     "derive.every_epochs": 1,
     "eval.batch_size": 16,
     "eval.max_windows": 20,  # A partial evaluation: 2,560 tokens.
+    "buffer.capacity": 64,
+    "buffer.store_per_epoch": 16,
+    "buffer.store_start_epoch": 0,
+    "buffer.replay_start_epoch": 1,
+    "buffer.replay_samples": 8,
+    "buffer.replace_rows": 8,
     "log_every": 2,
     "checkpoint_every": 2,
     "probe.num_cells": 20,
     "probe.num_permutations": 99,
     "probe.num_bootstrap": 100,
     "probe.ged_max_pairs": 20,
+    "seeds": (0, 1),  # memory_buffer.
 }
 
 

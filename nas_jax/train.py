@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from nas_jax import buffer as buffer_lib
 from nas_jax import checkpointing
 from nas_jax import controller
 from nas_jax import data
@@ -46,6 +47,7 @@ RANDOM_SAMPLERS = ("uniform", "controller")
 SHARED_OPTIMIZERS = ("sgd", "adam")
 # PRNG streams: fold_in(root, STREAM) then fold_in(stream, counter).
 _SHARED_STREAM, _CTRL_STREAM, _DERIVE_STREAM = 1, 2, 3
+_STORE_STREAM, _REPLAY_STREAM = 4, 5  # Memory buffer: per epoch, per step.
 
 
 class ConfigError(ValueError):
@@ -67,7 +69,9 @@ class TrainState(NamedTuple):
   ``carry`` is the supernet's hidden state per cell slot ``[M, B, H]``
   (carried across BPTT windows, reset when the train pointer wraps).
   ``baseline`` is the EMA of the controller's reward (entropy bonus
-  included); it is set to the first step's mean reward.
+  included); it is set to the first step's mean reward. ``buffer`` is the
+  memory buffer of stored cells (empty while ``buffer.variant`` is
+  ``"none"``).
   """
   shared: supernet.Params
   shared_opt: Any
@@ -81,6 +85,7 @@ class TrainState(NamedTuple):
   train_pos: jax.Array  # int32[]: next row of the batchified train data
   valid_pos: jax.Array  # int32[]: next row of the reward (valid) data
   carry: jax.Array  # float32[M, B, H]
+  buffer: buffer_lib.Buffer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +103,8 @@ class Setup:
   baseline_decay: float
   derive_cells: int
   derive_chunk: int
+  ctrl_steps_per_epoch: int
+  buffer: buffer_lib.BufferConfig
   # Optimisers (see make_shared_optimizer / make_ctrl_optimizer).
   shared_optimizer: str
   lr: float
@@ -115,6 +122,8 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
   _check_choice(config, "search.algorithm", ALGORITHMS)
   _check_choice(config, "search.random_sampler", RANDOM_SAMPLERS)
   _check_choice(config, "train.optimizer", SHARED_OPTIMIZERS)
+  _check_choice(config, "buffer.variant", buffer_lib.VARIANTS)
+  _check_choice(config, "buffer.policy", buffer_lib.POLICIES)
   for key in ("train.epochs", "train.batch_size", "train.bptt",
               "train.steps_per_epoch", "train.cells_per_step",
               "controller.samples_per_step", "derive.num_cells",
@@ -126,6 +135,10 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
     raise ConfigError("config eval.max_windows must be >= 0 (0: whole split)")
   if config.controller.steps_per_epoch < 0:
     raise ConfigError("config controller.steps_per_epoch must be >= 0")
+  if config.search.algorithm == "random_ws" and config.buffer.variant != "none":
+    raise ConfigError(
+        "config buffer.variant must be 'none' for search.algorithm "
+        "'random_ws': random search trains no controller to replay into")
   if config.checkpoint_every % config.log_every:
     raise ConfigError(
         f"config checkpoint_every ({config.checkpoint_every}) must be a "
@@ -151,6 +164,17 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
       num_nodes=m.num_nodes, hidden_size=c.hidden_size,
       temperature=c.temperature, tanh_constant=c.tanh_constant,
       init_range=c.init_range)
+  b = config.buffer
+  buf = _checked("buffer", buffer_lib.BufferConfig,
+      variant=b.variant, policy=b.policy, capacity=b.capacity,
+      store_per_epoch=b.store_per_epoch,
+      store_start_epoch=b.store_start_epoch,
+      replay_start_epoch=b.replay_start_epoch,
+      replay_samples=b.replay_samples, weight=b.weight,
+      replace_rows=b.replace_rows)
+  if buf.variant == "faithful" and ctrl.num_steps < 2:
+    raise ConfigError("config buffer.variant 'faithful' never predicts the "
+                      "first token: it needs model.num_nodes >= 2")
   return Setup(
       model=model, ctrl=ctrl, algorithm=config.search.algorithm,
       random_sampler=config.search.random_sampler, bptt=config.train.bptt,
@@ -159,6 +183,7 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
       entropy_weight=c.entropy_weight, baseline_decay=c.baseline_decay,
       derive_cells=config.derive.num_cells,
       derive_chunk=config.derive.chunk_size,
+      ctrl_steps_per_epoch=ctrl_steps_per_epoch(config), buffer=buf,
       shared_optimizer=config.train.optimizer, lr=config.train.lr,
       lr_decay=config.train.lr_decay,
       lr_decay_start_epoch=config.train.lr_decay_start_epoch,
@@ -245,7 +270,8 @@ def init_state(config, setup: Setup) -> TrainState:
       key=key, epoch=zero(), shared_step=zero(), ctrl_step=zero(),
       train_pos=zero(), valid_pos=zero(),
       carry=jnp.zeros((setup.cells_per_step, config.train.batch_size,
-                       setup.model.hidden_size), jnp.float32))
+                       setup.model.hidden_size), jnp.float32),
+      buffer=buffer_lib.init(setup.buffer.capacity, setup.ctrl.num_steps))
 
 
 # ---------------------------------------------------------------------------
@@ -338,6 +364,13 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
   ``c / ppl + entropy_weight * entropy`` (entropy summed over the cell's
   decisions, as ENAS), EMA baseline, loss ``-mean(sum log p * advantage)``
   with the log-probabilities from the teacher-forced ``controller.score``.
+
+  With a memory buffer (``setup.buffer.enabled``) the step first stores new
+  cells when an epoch's controller phase starts (:func:`_store`), then adds
+  ``weight * buffer.replay_loss`` on ``replay_samples`` stored cells from
+  ``replay_start_epoch`` on (the replay loss is computed and reported before
+  that too, with weight 0). Its draws use their own PRNG streams, so the
+  REINFORCE samples are those of the same run without a buffer.
   """
   ctrl_opt = make_ctrl_optimizer(setup)
   key = jax.random.fold_in(jax.random.fold_in(state.key, _CTRL_STREAM),
@@ -357,21 +390,62 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
                        decay * state.baseline + (1.0 - decay) * mean_reward)
   advantage = jax.lax.stop_gradient(reward - baseline)
 
+  buf, replay_weight = state.buffer, jnp.zeros((), jnp.float32)
+  if setup.buffer.enabled:
+    buf = _store(state, setup)
+    replay_key = jax.random.fold_in(
+        jax.random.fold_in(state.key, _REPLAY_STREAM), state.ctrl_step)
+    replay_tokens, replay_mask = buffer_lib.sample(
+        buf, replay_key, setup.buffer.replay_samples)
+    replaying = (state.epoch >= setup.buffer.replay_start_epoch) & (buf.size > 0)
+    replay_weight = jnp.where(replaying, setup.buffer.weight, 0.0)
+
   def loss_fn(params):
     scored = controller.score(params, rollout.tokens, config=setup.ctrl,
                               mode="train")
-    return -jnp.mean(jnp.sum(scored.log_probs, axis=-1) * advantage)
+    pg = -jnp.mean(jnp.sum(scored.log_probs, axis=-1) * advantage)
+    if not setup.buffer.enabled:
+      return pg, jnp.zeros((), jnp.float32)
+    replay = buffer_lib.replay_loss(params, replay_tokens, replay_mask,
+                                    config=setup.ctrl,
+                                    variant=setup.buffer.variant)
+    return pg + replay_weight * replay, replay
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.ctrl)
+  (loss, replay), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.ctrl)
   updates, opt_state = ctrl_opt.update(grads, state.ctrl_opt, state.ctrl)
   new_state = state._replace(
       ctrl=optax.apply_updates(state.ctrl, updates), ctrl_opt=opt_state,
       baseline=baseline, ctrl_step=state.ctrl_step + 1,
-      valid_pos=_advance(state.valid_pos, setup.bptt, rows))
+      valid_pos=_advance(state.valid_pos, setup.bptt, rows), buffer=buf)
   return new_state, {
       "loss": loss, "reward": mean_reward, "baseline": baseline,
       "entropy": jnp.mean(entropy), "ppl": jnp.mean(ppl),
-      "cells": rollout.tokens, "cell_rewards": reward, "cell_ppl": ppl}
+      "cells": rollout.tokens, "cell_rewards": reward, "cell_ppl": ppl,
+      "replay_loss": replay, "replay_weight": replay_weight,
+      "buffer_size": buf.size}
+
+
+def _store(state: TrainState, setup: Setup) -> buffer_lib.Buffer:
+  """The buffer after this step's store: at the first controller step of
+  every epoch from ``store_start_epoch`` on, ``store_per_epoch`` cells sampled
+  (train mode) by the controller before the step's update.
+
+  Keyed by the epoch, so a resumed run stores the same cells.
+  """
+  cfg = setup.buffer
+  first_step = state.ctrl_step % setup.ctrl_steps_per_epoch == 0
+  storing = first_step & (state.epoch >= cfg.store_start_epoch)
+
+  def store(buf):
+    key = jax.random.fold_in(jax.random.fold_in(state.key, _STORE_STREAM),
+                             state.epoch)
+    k_sample, k_add = jax.random.split(key)
+    cells = controller.sample(state.ctrl, k_sample, cfg.store_per_epoch,
+                              config=setup.ctrl, mode="train").tokens
+    return buffer_lib.add(buf, cells, k_add, policy=cfg.policy,
+                          replace_rows=cfg.replace_rows)
+
+  return jax.lax.cond(storing, store, lambda buf: buf, state.buffer)
 
 
 @functools.partial(jax.jit, static_argnames="setup")
@@ -603,16 +677,31 @@ class _Loop:
         self._diverged("controller loss", f"controller step {step}")
       self.writer.archs(step, epoch, m["cells"], m["cell_rewards"],
                         m["cell_ppl"])
-      return {"reward": float(m["reward"]), "entropy": float(m["entropy"]),
-              "baseline": float(m["baseline"]), "loss": float(m["loss"]),
-              "ppl": float(m["ppl"])}
+      scalars = {"reward": float(m["reward"]), "entropy": float(m["entropy"]),
+                 "baseline": float(m["baseline"]), "loss": float(m["loss"]),
+                 "ppl": float(m["ppl"])}
+      if buffered:
+        scalars.update(replay_loss=float(m["replay_loss"]),
+                       replay_weight=float(m["replay_weight"]),
+                       buffer_size=float(m["buffer_size"]))
+      return scalars
 
     def summarize(means):
-      return {"ctrl/reward": means["reward"],
-              "ctrl/baseline": means["baseline"],
-              "ctrl/entropy": means["entropy"], "ctrl/loss": means["loss"],
-              "ctrl/sampled_ppl": means["ppl"],
-              "ctrl/lr": self.config.controller.lr}
+      values = {"ctrl/reward": means["reward"],
+                "ctrl/baseline": means["baseline"],
+                "ctrl/entropy": means["entropy"], "ctrl/loss": means["loss"],
+                "ctrl/sampled_ppl": means["ppl"],
+                "ctrl/lr": self.config.controller.lr}
+      if buffered:
+        # The replay loss is reported from the first stored cell on; its
+        # weight in the loss is 0 before buffer.replay_start_epoch.
+        if means["buffer_size"] > 0:
+          values["ctrl/replay_loss"] = means["replay_loss"]
+        values["ctrl/replay_weight"] = means["replay_weight"]
+        values["buffer/size"] = means["buffer_size"]
+      return values
+
+    buffered = self.setup.buffer.enabled
 
     self._phase(epoch, "controller", self.ctrl_per_epoch, "ctrl_step",
                 lambda state: controller_step(state, self.valid_data,
