@@ -846,3 +846,54 @@ def ridge_cv(x, y, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
       alpha_per_fold=chosen,
       r2_by_alpha=[_r2(y, by_alpha[:, c]) for c in range(alphas.size)])
   return out
+
+
+# ---------------------------------------------------------------------------
+# Paired comparisons across seeds (one number per seed and method).
+
+
+def paired_comparison(a, b, *, num_bootstrap: int = 10_000, ci: float = 0.95,
+                      seed: int = 0) -> dict[str, Any]:
+  """Compares ``b`` with ``a``, paired by position (e.g. by seed).
+
+  The differences are ``d = b - a`` over the pairs where both are finite.
+  Returns their mean and standard deviation, a percentile bootstrap CI of
+  the mean difference (``num_bootstrap`` resamples of the pairs), the paired
+  t-test (``scipy.stats.ttest_rel``), the Wilcoxon signed-rank test (exact
+  for small ``n``; ``p = 1`` when every difference is 0) and Cohen's
+  ``d_z = mean(d) / sd(d)``. Tests and intervals need ``n >= 2`` pairs
+  (NaN otherwise). With ``n`` pairs the smallest two-sided Wilcoxon p-value
+  is ``2 / 2**n`` (0.25 for 3 seeds), so few seeds cannot reach 0.05.
+  """
+  a = np.asarray(a, np.float64).ravel()
+  b = np.asarray(b, np.float64).ravel()
+  if a.shape != b.shape:
+    raise ValueError(f"a and b must have the same length, got {a.shape} and "
+                     f"{b.shape}")
+  keep = np.isfinite(a) & np.isfinite(b)
+  d = b[keep] - a[keep]
+  n = int(d.size)
+  nan = math.nan
+  out: dict[str, Any] = {
+      "n": n, "dropped": int(keep.size - n),
+      "mean_a": float(np.mean(a[keep])) if n else nan,
+      "mean_b": float(np.mean(b[keep])) if n else nan,
+      "mean_difference": float(np.mean(d)) if n else nan,
+      "sd_difference": float(np.std(d, ddof=1)) if n >= 2 else nan,
+      "ci": [nan, nan], "ci_level": ci, "t": nan, "p_t": nan,
+      "p_wilcoxon": nan, "cohens_dz": nan, "differences": d.tolist()}
+  if n < 2:
+    return out
+  rng = _rng(seed, _STREAM_BOOTSTRAP)
+  means = d[rng.integers(0, n, (num_bootstrap, n))].mean(axis=1)
+  out["ci"] = list(_percentile_ci(means, ci))
+  if np.all(d == d[0]):
+    # Constant differences: t and d_z are undefined (sd 0); Wilcoxon still is.
+    out["p_wilcoxon"] = 1.0 if d[0] == 0 else float(
+        sp_stats.wilcoxon(d).pvalue)
+    return out
+  t = sp_stats.ttest_rel(b[keep], a[keep])
+  out["t"], out["p_t"] = float(t.statistic), float(t.pvalue)
+  out["p_wilcoxon"] = float(sp_stats.wilcoxon(d).pvalue)
+  out["cohens_dz"] = float(np.mean(d) / np.std(d, ddof=1))
+  return out

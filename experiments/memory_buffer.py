@@ -1,0 +1,116 @@
+"""``memory_buffer``: ENAS with and without the memory-buffer replay loss.
+
+For every seed of ``config.seeds`` and every arm of ``config.arms`` (``none``
+is plain ENAS and the baseline; ``clean`` and ``faithful`` add the replay
+loss, see ``nas_jax/buffer.py``), one search with the same budget and data
+order, then the probe of its trained controller, in ``WORKDIR/ARM/seed_S/``
+(each an ordinary run directory: resumable, with its own report). Then the
+comparison across seeds (``nas_jax/analysis/buffer_comparison.py``):
+``WORKDIR/report.md``, ``results.json`` and ``figures/``.
+
+Runs go seed by seed, so an interrupted experiment has whole pairs; the same
+command resumes it, skipping finished runs and probes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ml_collections
+
+from experiments import common
+from nas_jax import data
+from nas_jax import probe
+from nas_jax import train
+
+# Arm -> the buffer settings it sets; other buffer.* keys apply to every
+# buffered arm. "faithful" is the authors' version: their loss and fill policy.
+ARMS = {
+    "none": {"buffer.variant": "none"},
+    "clean": {"buffer.variant": "clean"},
+    "faithful": {"buffer.variant": "faithful", "buffer.policy": "authors"},
+}
+# Keys of this experiment only: not part of a run's config.
+_OWN_KEYS = ("seeds", "arms")
+
+
+def get_config():
+  config = common.search_config()
+  # Sized for ~40 minutes on a 2-core CPU: 6 seeds x 2 arms x (6 epochs of
+  # search + probe), about 3 minutes a run. Six seeds are the fewest with
+  # which the exact Wilcoxon test can reach p < 0.05 (smallest p: 2 / 2**n).
+  # The buffer stores from epoch 1 and replays from epoch 2
+  # (common.search_config), so 4 of the 6 epochs (800 controller steps)
+  # train with the replay loss.
+  config.train.epochs = 6
+  config.derive.every_epochs = 3
+  config.seeds = (0, 1, 2, 3, 4, 5)
+  config.arms = ("none", "clean")
+  return config
+
+
+def _check(config):
+  arms, seeds = tuple(config.arms), tuple(config.seeds)
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown:
+    raise train.ConfigError(
+        f"config arms: unknown {unknown}; valid arms: {sorted(ARMS)}")
+  if "none" not in arms or len(arms) < 2 or len(set(arms)) != len(arms):
+    raise train.ConfigError(
+        f"config arms must list 'none' (the baseline) and at least one of "
+        f"'clean', 'faithful', each once; got {arms}")
+  if (not seeds or len(set(seeds)) != len(seeds)
+      or not all(isinstance(s, int) for s in seeds)):
+    raise train.ConfigError(
+        f"config seeds must be distinct integers, got {seeds}")
+  if config.buffer.variant != "none":
+    raise train.ConfigError(
+        "config buffer.variant is set per arm by this experiment: leave it "
+        "'none' and choose arms with --config.arms")
+  # Ordered: the baseline first.
+  return ("none",) + tuple(a for a in arms if a != "none"), seeds
+
+
+def run_config(config: ml_collections.ConfigDict, arm: str, seed: int
+               ) -> ml_collections.ConfigDict:
+  """The search config of one run: the experiment's, with its seed and arm."""
+  values = {k: v for k, v in config.to_dict().items() if k not in _OWN_KEYS}
+  sub = ml_collections.ConfigDict(values)
+  sub.seed = seed
+  common.apply_overrides(sub, ARMS[arm])
+  return sub
+
+
+def run(config, workdir):
+  from nas_jax.analysis import buffer_comparison  # Host-side analysis.
+  arms, seeds = _check(config)
+  # Every arm's config is checked before the first run starts.
+  corpus = data.load_corpus(config.data.dir,
+                            verify=config.data.verify_checksums)
+  for arm in arms:
+    train.make_setup(run_config(config, arm, seeds[0]), corpus.vocab_size)
+  start = time.perf_counter()
+  total, done = len(arms) * len(seeds), 0
+  for seed in seeds:
+    for arm in arms:
+      done += 1
+      print(f"memory_buffer: run {done}/{total}: arm {arm}, seed {seed}",
+            flush=True)
+      sub = run_config(config, arm, seed)
+      directory = buffer_comparison.run_dir(workdir, arm, seed)
+      train.train_and_evaluate(sub, directory)
+      if os.path.exists(os.path.join(directory, "results.json")):
+        print(f"memory_buffer: probe of {directory} already done", flush=True)
+      else:
+        probe.run_probe(sub, directory)
+  runs = buffer_comparison.collect(workdir, arms, seeds)
+  results = buffer_comparison.compare(runs, arms, seeds,
+                                      seed=config.probe.seed)
+  results["timing"] = {"total_seconds": time.perf_counter() - start}
+  buffer_comparison.write_outputs(results, workdir)
+  print(f"memory_buffer: report in {os.path.join(workdir, 'report.md')}",
+        flush=True)
+  for arm in arms[1:]:
+    print(f"{arm}: {results['comparisons'][arm]['verdict']}", flush=True)
+  return results
