@@ -200,9 +200,15 @@ def _checked(section, cls, **kwargs):
 
 
 def _get(config, dotted):
+  node = config
   for part in dotted.split("."):
-    config = config[part]
-  return config
+    if part not in node:
+      raise ConfigError(
+          f"config has no key {dotted} (a config.json written by an older "
+          "version of nas_jax? its runs cannot be resumed or probed by this "
+          "one)")
+    node = node[part]
+  return node
 
 
 def _check_choice(config, dotted, choices):

@@ -255,9 +255,12 @@ def test_weight_zero_is_plain_enas(toy_data):
   for a, b in zip(plain_logs, zero_logs):
     np.testing.assert_array_equal(a["cells"], b["cells"])
     np.testing.assert_allclose(a["reward"], b["reward"], rtol=1e-6)
-  # The weight switches on at buffer.replay_start_epoch (the loss is still
-  # computed and reported before).
-  assert [float(m["replay_weight"]) for m in zero_logs] == [0.0] * steps
+  # With weight 1 the replay loss does move the controller.
+  one, _ = _controller_steps(_config(**{"buffer.variant": "clean"}), toy_data,
+                             steps)
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                       one.ctrl, plain.ctrl)
+  assert max(jax.tree.leaves(moved)) > 1e-5
 
 
 def test_store_schedule_and_policy(toy_data):
@@ -266,6 +269,11 @@ def test_store_schedule_and_policy(toy_data):
   state, logs = _controller_steps(config, toy_data, 12)
   sizes = [int(m["buffer_size"]) for m in logs]
   assert sizes == [0] * 4 + [16] * 4 + [24] * 4
+  # The weight switches on at buffer.replay_start_epoch (1 in the smoke
+  # preset) once the buffer holds cells; the loss is reported before too.
+  assert [float(m["replay_weight"]) for m in logs] == [0.0] * 4 + [1.0] * 8
+  replay = [float(m["replay_loss"]) for m in logs]
+  assert replay[:4] == [0.0] * 4 and all(v > 0 for v in replay[4:])
   assert int(state.buffer.seen) == 32
   search_space.validate_tokens(np.asarray(state.buffer.tokens))
 
@@ -310,19 +318,26 @@ def test_interrupted_run_resumes_with_the_same_buffer(tmp_path, monkeypatch):
   assert [r["buffer/size"] for r in records if "buffer/size" in r] == [
       16, 16, 32, 32]
 
-  real_step, calls = train.controller_step, []
-
-  def interrupted(state, valid_data, *, setup):
-    calls.append(1)
-    if len(calls) == 6:  # Epoch 1, second step; last checkpoint: epoch end.
-      raise KeyboardInterrupt
-    return real_step(state, valid_data, setup=setup)
-
+  real_step = train.controller_step
   workdir = str(tmp_path / "interrupted")
-  monkeypatch.setattr(train, "controller_step", interrupted)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, workdir)
-  assert int(_final_buffer(workdir, config).size) == 16
+  # 4 controller steps per epoch, a checkpoint every 2. The first stop
+  # (6th call: epoch 1, second step) resumes from the end of epoch 0, before
+  # epoch 1's store, which the resumed run must do; the second (4th call
+  # after resuming) from ctrl step 6, after that store, which it must not
+  # repeat.
+  for stop_at, size in ((6, 16), (4, 32)):
+    calls = []
+
+    def interrupted(state, valid_data, *, setup, calls=calls, stop_at=stop_at):
+      calls.append(1)
+      if len(calls) == stop_at:
+        raise KeyboardInterrupt
+      return real_step(state, valid_data, setup=setup)
+
+    monkeypatch.setattr(train, "controller_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, workdir)
+    assert int(_final_buffer(workdir, config).size) == size
   monkeypatch.setattr(train, "controller_step", real_step)
   train.train_and_evaluate(config, workdir)
   chex.assert_trees_all_equal(_final_buffer(workdir, config),

@@ -72,6 +72,15 @@ def collect(workdir: str, arms: Sequence[str], seeds: Sequence[int]
             "p_mantel": _num(s["p_mantel"]),
             "score": _sign(name) * _num(s["rho"])}
         run["untrained"][name] = _num(untrained[name]["spearman"]["rho"])
+      # Every carry / distance (h, c, [c, h]; L2, cosine), both coefficients.
+      run["all"] = {
+          variant: {name: {
+              "spearman": _num(v[name]["spearman"]["rho"]),
+              "pearson": _num(v[name]["pearson"]["r"]),
+              "score": _sign(name) * _num(v[name]["spearman"]["rho"])}
+                    for name in METRICS if name in v}
+          for variant, v in
+          probe["arms"]["trained"]["correlations"].items()}
       run["ridge_r2"] = {
           k: _num(v["r2"]) for k, v in
           probe["arms"]["trained"]["ridge"][probe_analysis.MAIN_CARRY].items()}
@@ -99,12 +108,20 @@ def compare(runs, arms: Sequence[str], seeds: Sequence[int], *,
   for arm in arms:
     if arm == BASELINE:
       continue
-    comp: dict[str, Any] = {"encoding_score": {}, "derived": {}}
+    comp: dict[str, Any] = {"encoding_score": {}, "derived": {},
+                            "all_correlations": {}}
     for name in METRICS:
       a = [base[s]["metrics"][name]["score"] for s in seeds]
       b = [runs[arm][s]["metrics"][name]["score"] for s in seeds]
       comp["encoding_score"][name] = stats.paired_comparison(
           a, b, num_bootstrap=num_bootstrap, seed=seed)
+    for variant, by_metric in base[seeds[0]]["all"].items():
+      comp["all_correlations"][variant] = {}
+      for name in by_metric:
+        a = [base[s]["all"][variant][name]["score"] for s in seeds]
+        b = [runs[arm][s]["all"][variant][name]["score"] for s in seeds]
+        comp["all_correlations"][variant][name] = stats.paired_comparison(
+            a, b, num_bootstrap=num_bootstrap, seed=seed)
     for key in ("valid_ppl", "test_ppl"):
       a = [base[s]["derived"][key] for s in seeds]
       b = [runs[arm][s]["derived"][key] for s in seeds]
@@ -126,6 +143,9 @@ def verdict(comp, num_seeds) -> str:
           f"{p_t}, Wilcoxon p = {p_w}); it rose in {up} of {c['n']} seeds. ")
   if c["n"] < 2:
     return text + "Too few seeds for a test."
+  if not np.isfinite(c["p_t"]):
+    text += ("The paired t-test is undefined (every seed changed by the same "
+             "amount); see the CI and the Wilcoxon p. ")
   if c["p_t"] < ALPHA and lo > 0:
     text += "The buffer raised the correlation (supported at alpha 0.05)."
   elif c["p_t"] < ALPHA and hi < 0:
@@ -133,9 +153,9 @@ def verdict(comp, num_seeds) -> str:
   else:
     text += ("No significant change at alpha 0.05: these seeds do not show "
              "that the buffer makes the carry encode structure.")
-  if num_seeds < 6:
-    text += (f" With {num_seeds} seeds the Wilcoxon test cannot reach 0.05 "
-             f"(smallest p = {2 / 2 ** num_seeds:.3g}).")
+  if c["n"] < 6:
+    text += (f" With {c['n']} seeds the Wilcoxon test cannot reach 0.05 "
+             f"(smallest p = {2 / 2 ** c['n']:.3g}).")
   d = comp["derived"]["valid_ppl"]
   text += (f" Derived cell valid ppl changed by {d['mean_difference']:+.1f} "
            f"(CI [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}], paired t p = "
@@ -179,6 +199,26 @@ def _change_table(results, arm):
         f"| {name} | {diffs} | {_fmt(c['mean_difference'])} "
         f"[{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] | {_fmt(c['p_t'], '.3g')} | "
         f"{_fmt(c['p_wilcoxon'], '.3g')} | {_fmt(c['cohens_dz'], '.2f')} |")
+  return "\n".join(lines)
+
+
+def _all_correlations_table(results, arm):
+  """Every carry / distance: mean Spearman rho per arm, change of the score."""
+  comp = results["comparisons"][arm]["all_correlations"]
+  seeds = results["seeds"]
+  lines = [f"| carry/distance | graph metric | {BASELINE} rho (mean) | {arm} rho "
+           "(mean) | mean change of score [95% CI] | paired t p | Wilcoxon p |",
+           "|---|---|---|---|---|---|---|"]
+  for variant, by_metric in comp.items():
+    for name, c in by_metric.items():
+      rho = [np.nanmean([results["runs"][a][str(s)]["all"][variant][name]
+                         ["spearman"] for s in seeds])
+             for a in (BASELINE, arm)]
+      lines.append(
+          f"| {variant} | {name} | {_fmt(rho[0])} | {_fmt(rho[1])} | "
+          f"{_fmt(c['mean_difference'])} [{_fmt(c['ci'][0])}, "
+          f"{_fmt(c['ci'][1])}] | {_fmt(c['p_t'], '.3g')} | "
+          f"{_fmt(c['p_wilcoxon'], '.3g')} |")
   return "\n".join(lines)
 
 
@@ -274,6 +314,9 @@ def write_outputs(results, workdir) -> None:
       f"### {arm} vs {BASELINE}\n\n{results['comparisons'][arm]['verdict']}"
       f"\n\n{_change_table(results, arm)}"
       for arm in arms if arm != BASELINE)
+  all_tables = "\n\n".join(
+      f"{arm} vs {BASELINE}:\n\n{_all_correlations_table(results, arm)}"
+      for arm in arms if arm != BASELINE)
   timing = results.get("timing", {})
   timing_text = (f"Wall time of the command that wrote this report: "
                  f"{timing['total_seconds'] / 60:.1f} min (runs it found "
@@ -303,6 +346,15 @@ with rho > 0.
 {_correlation_table(results)}
 
 ![scores](figures/{fig})
+
+## Every carry and distance (Spearman rho, mean over seeds)
+
+The probe correlates every carry (h, c, [c, h]) under L2 and cosine
+distance; the change is that of the signed score, paired across seeds (no
+correction for the many comparisons: the primary one is h/l2
+{PRIMARY}). Pearson r and every CI are in `results.json`.
+
+{all_tables}
 
 ## Derived cells (shared-weight perplexity of each run's final derive)
 
