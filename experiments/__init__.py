@@ -21,6 +21,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "probe": (".probe", "the controller probe of an existing run (--config.run_dir)"),
     "random_ws": (".random_ws", "random search with weight sharing, same budget"),
     "smoke": (".smoke", "enas_probe:smoke, seconds on a CPU (CI)"),
+    "train_fixed": (".train_fixed", "one cell (--config.arch) trained from scratch"),
 }
 
 
@@ -54,6 +55,11 @@ def get_config(spec: str) -> tuple[object, ml_collections.ConfigDict]:
           f"unknown preset {preset!r}; valid presets: "
           f"{', '.join(sorted(common.PRESETS))}")
     config = common.PRESETS[preset](config)
+    # An experiment may adjust a preset (e.g. train_fixed's final-training
+    # sizes): PRESET_OVERRIDES = {preset: {dotted key: value}}.
+    overrides = getattr(experiment, "PRESET_OVERRIDES", {}).get(preset)
+    if overrides:
+      common.apply_overrides(config, overrides)
   return experiment, config
 
 

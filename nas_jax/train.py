@@ -1,9 +1,13 @@
-"""The search loop: ENAS and random search with weight sharing (RS-WS).
+"""The search loop: ENAS, random search with weight sharing (RS-WS), and
+one fixed cell trained alone (``search.algorithm="fixed"``, ``train_fixed``).
 
 One *epoch* is a shared phase (``train.steps_per_epoch`` steps of the
 supernet, one sampled cell per slot and step) followed, for ENAS, by a
 controller phase (``controller.steps_per_epoch`` REINFORCE steps), and, every
-``derive.every_epochs`` epochs and at the last one, a derive phase.
+``derive.every_epochs`` epochs and at the last one, a derive phase. With a
+fixed cell the "sampler" always returns ``search.arch``: the shared phase
+trains an ordinary language model through the same supernet code, and the
+derive phase evaluates that cell.
 
 Everything a run needs to continue lives in :class:`TrainState` (parameters,
 optimiser states, EMA baseline, PRNG key, data positions, hidden carry,
@@ -42,7 +46,7 @@ from nas_jax import metrics as metrics_lib
 from nas_jax import search_space
 from nas_jax import supernet
 
-ALGORITHMS = ("enas", "random_ws")
+ALGORITHMS = ("enas", "random_ws", "fixed")
 RANDOM_SAMPLERS = ("uniform", "controller")
 SHARED_OPTIMIZERS = ("sgd", "adam")
 # PRNG streams: fold_in(root, STREAM) then fold_in(stream, counter).
@@ -95,6 +99,7 @@ class Setup:
   ctrl: controller.ControllerConfig
   algorithm: str
   random_sampler: str
+  fixed_cell: tuple[int, ...]  # algorithm "fixed": the cell; () otherwise.
   bptt: int
   cells_per_step: int
   ctrl_samples: int
@@ -135,10 +140,12 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
     raise ConfigError("config eval.max_windows must be >= 0 (0: whole split)")
   if config.controller.steps_per_epoch < 0:
     raise ConfigError("config controller.steps_per_epoch must be >= 0")
-  if config.search.algorithm == "random_ws" and config.buffer.variant != "none":
+  if config.search.algorithm != "enas" and config.buffer.variant != "none":
     raise ConfigError(
-        "config buffer.variant must be 'none' for search.algorithm "
-        "'random_ws': random search trains no controller to replay into")
+        f"config buffer.variant must be 'none' for search.algorithm "
+        f"{config.search.algorithm!r}: only ENAS trains a controller to "
+        "replay into")
+  fixed_cell = _fixed_cell(config)
   if config.checkpoint_every % config.log_every:
     raise ConfigError(
         f"config checkpoint_every ({config.checkpoint_every}) must be a "
@@ -177,7 +184,8 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
                       "first token: it needs model.num_nodes >= 2")
   return Setup(
       model=model, ctrl=ctrl, algorithm=config.search.algorithm,
-      random_sampler=config.search.random_sampler, bptt=config.train.bptt,
+      random_sampler=config.search.random_sampler, fixed_cell=fixed_cell,
+      bptt=config.train.bptt,
       cells_per_step=config.train.cells_per_step,
       ctrl_samples=c.samples_per_step, reward_c=c.reward_c,
       entropy_weight=c.entropy_weight, baseline_decay=c.baseline_decay,
@@ -190,6 +198,33 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
       steps_per_epoch=config.train.steps_per_epoch,
       adam_lr=config.train.adam_lr, grad_clip=config.train.grad_clip,
       weight_decay=config.train.weight_decay, ctrl_lr=c.lr)
+
+
+def _fixed_cell(config) -> tuple[int, ...]:
+  """``search.arch`` as tokens: required by "fixed", refused by the others."""
+  arch, algorithm = _get(config, "search.arch"), config.search.algorithm
+  if algorithm != "fixed":
+    if arch:
+      raise ConfigError(
+          f"config search.arch is only used by search.algorithm 'fixed', "
+          f"not {algorithm!r}; leave it empty")
+    return ()
+  if not arch:
+    raise ConfigError("config search.arch: search.algorithm 'fixed' needs a "
+                      "cell, e.g. '0 0 3 1 2 1 3' (2N-1 ENAS tokens)")
+  try:
+    cell = search_space.Architecture.from_tokens(arch)
+  except ValueError as e:
+    raise ConfigError(f"config search.arch: {e}")
+  if cell.num_nodes != config.model.num_nodes:
+    raise ConfigError(
+        f"config search.arch has {cell.num_nodes} nodes but model.num_nodes "
+        f"is {config.model.num_nodes}")
+  if config.derive.num_cells != 1 or config.derive.chunk_size != 1:
+    raise ConfigError(
+        "config derive.num_cells and derive.chunk_size must be 1 for "
+        "search.algorithm 'fixed': there is one cell to evaluate")
+  return tuple(int(t) for t in cell.tokens())
 
 
 def _checked(section, cls, **kwargs):
@@ -218,8 +253,8 @@ def _check_choice(config, dotted, choices):
 
 
 def ctrl_steps_per_epoch(config) -> int:
-  """Controller steps per epoch: none for random search."""
-  if config.search.algorithm == "random_ws":
+  """Controller steps per epoch: none for random search or a fixed cell."""
+  if config.search.algorithm in ("random_ws", "fixed"):
     return 0
   return config.controller.steps_per_epoch
 
@@ -299,6 +334,9 @@ def _advance(pos, bptt, rows):
 def sample_cells(state: TrainState, key: jax.Array, num: int, setup: Setup,
                  mode: str = "train") -> jax.Array:
   """``int32[num, 2N-1]`` cells from the algorithm's sampler."""
+  if setup.algorithm == "fixed":
+    cell = jnp.asarray(setup.fixed_cell, jnp.int32)
+    return jnp.broadcast_to(cell, (num, cell.size))
   if setup.algorithm == "random_ws" and setup.random_sampler == "uniform":
     return search_space.sample_uniform(key, setup.model.num_nodes, num)
   return controller.sample(state.ctrl, key, num, config=setup.ctrl,

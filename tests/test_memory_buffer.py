@@ -100,6 +100,11 @@ def _fake_run(scores, valid_ppl):
                          "ci": [math.nan, math.nan], "p_mantel": 0.01,
                          "score": scores[name]}
                   for name in buffer_comparison.METRICS},
+      "all": {variant: {name: {"spearman": buffer_comparison._sign(name)  # pylint: disable=protected-access
+                               * scores[name], "pearson": 0.0,
+                               "score": scores[name]}
+                        for name in buffer_comparison.METRICS}
+              for variant in ("h/l2", "c/cosine")},
       "untrained": {name: 0.0 for name in buffer_comparison.METRICS},
       "ridge_r2": {"depth": 0.5},
       "derived": {"arch": "0 0", "valid_ppl": valid_ppl,
@@ -137,6 +142,10 @@ def test_verdict_follows_the_numbers(shift, words):
   if shift:
     assert primary["mean_difference"] == pytest.approx(shift, abs=0.02)
   assert words in comp["verdict"]
+  # Every carry / distance is compared the same way.
+  for variant in ("h/l2", "c/cosine"):
+    assert (comp["all_correlations"][variant][buffer_comparison.PRIMARY]
+            == primary)
   # The derived cells are 10 ppl better in every seed.
   assert comp["derived"]["valid_ppl"]["mean_difference"] == pytest.approx(-10)
 

@@ -1,0 +1,87 @@
+"""``train_fixed``: one given cell trained from scratch as a language model.
+
+``--config.arch`` is the cell: ``2N-1`` ENAS tokens (``"0 0 3 1 2 1 3"``) or
+the path of a run's ``best_arch.json``. The run is the search loop with
+``search.algorithm="fixed"`` (``nas_jax/train.py``): the same supernet code
+with the cell fixed, the same run directory, resume, logs and progress; no
+controller. Its ``best_arch.json`` holds the cell with its validation and
+test perplexity (exact, whole splits).
+
+The CPU default trains for minutes; the ``paper`` preset uses ENAS-style
+final-training settings for accelerators (embedding = hidden = 750, SGD lr
+20, grad-norm clip 0.25, batch 64, 300 epochs over all of PTB's train split).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from experiments import common
+from nas_jax import search_space
+from nas_jax import train
+
+# Keys of this experiment only: not part of the run's config.
+_OWN_KEYS = ("arch",)
+
+# One cell: nothing to sample at a derive (the presets set 100 and 8).
+_ONE_CELL = {"derive.num_cells": 1, "derive.chunk_size": 1}
+# Applied after the common preset of the same name.
+PRESET_OVERRIDES = {
+    "smoke": _ONE_CELL,
+    "paper": {
+        **_ONE_CELL,
+        "model.hidden_size": 750,
+        "train.epochs": 300,
+        # One pass over PTB's train split per epoch at batch 64, BPTT 35.
+        "train.steps_per_epoch": 415,
+        "derive.every_epochs": 10,
+    },
+}
+
+
+def get_config():
+  config = common.search_config()
+  config.search.algorithm = "fixed"
+  common.apply_overrides(config, _ONE_CELL)
+  config.derive.every_epochs = 5
+  config.arch = ""  # Tokens, or the path of a best_arch.json.
+  return config
+
+
+def resolve_arch(arch: str) -> str:
+  """``arch`` (tokens or a ``best_arch.json`` path) as a token string."""
+  if not arch:
+    raise train.ConfigError(
+        "config arch: give the cell to train, as tokens "
+        "(--config.arch='0 0 3 1 2 1 3') or the path of a best_arch.json")
+  if arch.endswith(".json") or os.path.isfile(arch):
+    if not os.path.isfile(arch):
+      raise train.ConfigError(f"config arch: no file {arch!r}")
+    with open(arch) as f:
+      try:
+        cell = search_space.Architecture.from_json(f.read())
+      except ValueError as e:
+        raise train.ConfigError(f"config arch: {arch!r}: {e}")
+    return str(cell)
+  try:
+    return str(search_space.Architecture.from_tokens(arch))
+  except ValueError as e:
+    raise train.ConfigError(f"config arch: {e}")
+
+
+def run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run's config: ``arch`` resolved into ``search.arch``."""
+  values = {k: v for k, v in config.to_dict().items() if k not in _OWN_KEYS}
+  sub = ml_collections.ConfigDict(values)
+  sub.search.arch = resolve_arch(config.arch)
+  return sub
+
+
+def run(config, workdir):
+  best = train.train_and_evaluate(run_config(config), workdir)
+  print(f"train_fixed: cell {best['arch']}: valid ppl "
+        f"{best['valid_ppl']:.2f}, test ppl {best.get('test_ppl', float('nan')):.2f}"
+        f" (in {os.path.join(workdir, 'best_arch.json')})", flush=True)
+  return best
