@@ -25,3 +25,17 @@ def test_step_flops_formula():
   """3 * T * B * (4 H^2 (N + 1) + 2 H V), as documented."""
   assert supernet_step.step_flops(hidden=2, nodes=3, vocab=5, batch=7,
                                   bptt=11) == 3 * 11 * 7 * (4 * 4 * 4 + 2 * 2 * 5)
+
+
+def test_stacked_seeds_benchmark_runs(capsys):
+  """Tiny sizes: one row per S with positive rates, JSON last line."""
+  from benchmarks import stacked_seeds
+  result = stacked_seeds.main([
+      "--seeds", "1", "2", "--hidden", "8", "--nodes", "3", "--batch", "2",
+      "--bptt", "3", "--vocab", "20", "--steps", "2", "--ctrl-steps", "2"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert json.loads(last) == result
+  assert [r["seeds"] for r in result["rows"]] == [1, 2]
+  for row in result["rows"]:
+    for key, value in row.items():
+      assert value > 0, key
