@@ -381,3 +381,45 @@ def test_paired_comparison_edge_cases():
   assert np.isnan(one["p_t"]) and all(np.isnan(one["ci"]))
   with pytest.raises(ValueError, match="same length"):
     stats.paired_comparison([1.0, 2.0], [1.0])
+
+
+# ---------------------------------------------------------------------------
+# rank_agreement (the weight-sharing proxy: shared-weight vs from-scratch).
+
+
+def test_rank_agreement_matches_scipy_and_known_values():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=25)
+  y = x + rng.normal(size=25)
+  out = stats.rank_agreement(x, y, num_bootstrap=500, seed=2)
+  tau, rho = sp_stats.kendalltau(x, y), sp_stats.spearmanr(x, y)
+  assert out["n"] == 25 and out["bootstrap_valid"] == 500
+  assert out["kendall_tau"] == pytest.approx(tau.statistic)
+  assert out["p_kendall"] == pytest.approx(tau.pvalue)
+  assert out["spearman_rho"] == pytest.approx(rho.statistic)
+  assert out["p_spearman"] == pytest.approx(rho.pvalue)
+  for name, value in (("kendall", tau.statistic), ("spearman", rho.statistic)):
+    lo, hi = out[f"{name}_ci"]
+    assert -1 <= lo < value < hi <= 1
+  # One discordant pair of six: tau = (5 - 1) / 6.
+  small = stats.rank_agreement([1, 2, 3, 4], [1, 3, 2, 4], num_bootstrap=10)
+  assert small["kendall_tau"] == pytest.approx(4 / 6)
+  assert small["spearman_rho"] == pytest.approx(0.8)
+  ordered = stats.rank_agreement(np.arange(6), np.arange(6) ** 2,
+                                 num_bootstrap=10)
+  assert ordered["kendall_tau"] == pytest.approx(1.0)
+  reversed_ = stats.rank_agreement(np.arange(6), -np.arange(6.0),
+                                   num_bootstrap=10)
+  assert reversed_["spearman_rho"] == pytest.approx(-1.0)
+
+
+def test_rank_agreement_edge_cases():
+  out = stats.rank_agreement([1.0, np.nan, 3.0, 4.0, 2.0],
+                             [1.0, 2.0, np.inf, 4.0, 3.0], num_bootstrap=10)
+  assert out["n"] == 3 and out["dropped"] == 2
+  assert out["kendall_tau"] == pytest.approx(1.0)
+  constant = stats.rank_agreement([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])
+  assert np.isnan(constant["kendall_tau"]) and constant["bootstrap_valid"] == 0
+  assert np.isnan(stats.rank_agreement([1.0, 2.0], [2.0, 1.0])["p_kendall"])
+  with pytest.raises(ValueError, match="same length"):
+    stats.rank_agreement([1.0, 2.0, 3.0], [1.0, 2.0])

@@ -897,3 +897,49 @@ def paired_comparison(a, b, *, num_bootstrap: int = 10_000, ci: float = 0.95,
   out["p_wilcoxon"] = float(sp_stats.wilcoxon(d).pvalue)
   out["cohens_dz"] = float(np.mean(d) / np.std(d, ddof=1))
   return out
+
+
+def rank_agreement(x, y, *, num_bootstrap: int = 10_000, ci: float = 0.95,
+                   seed: int = 0) -> dict[str, Any]:
+  """How well the ranking by ``x`` agrees with the ranking by ``y``.
+
+  For the weight-sharing proxy: ``x`` the cells' shared-weight ppl, ``y``
+  their from-scratch ppl. Over the items where both are finite: Kendall's
+  tau-b and Spearman's rho with scipy's p-values (``scipy.stats.kendalltau``
+  / ``spearmanr``, two-sided) and percentile bootstrap CIs over items
+  (``num_bootstrap`` resamples; resamples with a constant side are skipped
+  and counted in ``bootstrap_valid``). Needs ``n >= 3`` (NaN otherwise).
+  """
+  x = np.asarray(x, np.float64).ravel()
+  y = np.asarray(y, np.float64).ravel()
+  if x.shape != y.shape:
+    raise ValueError(f"x and y must have the same length, got {x.shape} and "
+                     f"{y.shape}")
+  keep = np.isfinite(x) & np.isfinite(y)
+  x, y = x[keep], y[keep]
+  n = int(x.size)
+  nan = math.nan
+  out: dict[str, Any] = {
+      "n": n, "dropped": int(keep.size - n), "ci_level": ci,
+      "kendall_tau": nan, "p_kendall": nan, "kendall_ci": [nan, nan],
+      "spearman_rho": nan, "p_spearman": nan, "spearman_ci": [nan, nan],
+      "bootstrap_valid": 0}
+  if n < 3 or _is_constant(x) or _is_constant(y):
+    return out
+  tau = sp_stats.kendalltau(x, y)
+  rho = sp_stats.spearmanr(x, y)
+  out.update(kendall_tau=float(tau.statistic), p_kendall=float(tau.pvalue),
+             spearman_rho=float(rho.statistic), p_spearman=float(rho.pvalue))
+  rng = _rng(seed, _STREAM_BOOTSTRAP)
+  taus, rhos = [], []
+  for _ in range(num_bootstrap):
+    i = rng.integers(0, n, n)
+    if _is_constant(x[i]) or _is_constant(y[i]):
+      continue
+    taus.append(sp_stats.kendalltau(x[i], y[i]).statistic)
+    rhos.append(sp_stats.spearmanr(x[i], y[i]).statistic)
+  out["bootstrap_valid"] = len(taus)
+  if taus:
+    out["kendall_ci"] = list(_percentile_ci(np.asarray(taus), ci))
+    out["spearman_ci"] = list(_percentile_ci(np.asarray(rhos), ci))
+  return out
