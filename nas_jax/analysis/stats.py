@@ -852,6 +852,17 @@ def ridge_cv(x, y, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
 # Paired comparisons across seeds (one number per seed and method).
 
 
+def _finite_pairs(a, b) -> tuple[np.ndarray, np.ndarray, int]:
+  """The pairs ``(a[i], b[i])`` where both are finite, and how many were not."""
+  a = np.asarray(a, np.float64).ravel()
+  b = np.asarray(b, np.float64).ravel()
+  if a.shape != b.shape:
+    raise ValueError(f"the two samples must have the same length, got "
+                     f"{a.shape} and {b.shape}")
+  keep = np.isfinite(a) & np.isfinite(b)
+  return a[keep], b[keep], int(keep.size - keep.sum())
+
+
 def paired_comparison(a, b, *, num_bootstrap: int = 10_000, ci: float = 0.95,
                       seed: int = 0) -> dict[str, Any]:
   """Compares ``b`` with ``a``, paired by position (e.g. by seed).
@@ -865,19 +876,14 @@ def paired_comparison(a, b, *, num_bootstrap: int = 10_000, ci: float = 0.95,
   (NaN otherwise). With ``n`` pairs the smallest two-sided Wilcoxon p-value
   is ``2 / 2**n`` (0.25 for 3 seeds), so few seeds cannot reach 0.05.
   """
-  a = np.asarray(a, np.float64).ravel()
-  b = np.asarray(b, np.float64).ravel()
-  if a.shape != b.shape:
-    raise ValueError(f"a and b must have the same length, got {a.shape} and "
-                     f"{b.shape}")
-  keep = np.isfinite(a) & np.isfinite(b)
-  d = b[keep] - a[keep]
+  a, b, dropped = _finite_pairs(a, b)
+  d = b - a
   n = int(d.size)
   nan = math.nan
   out: dict[str, Any] = {
-      "n": n, "dropped": int(keep.size - n),
-      "mean_a": float(np.mean(a[keep])) if n else nan,
-      "mean_b": float(np.mean(b[keep])) if n else nan,
+      "n": n, "dropped": dropped,
+      "mean_a": float(np.mean(a)) if n else nan,
+      "mean_b": float(np.mean(b)) if n else nan,
       "mean_difference": float(np.mean(d)) if n else nan,
       "sd_difference": float(np.std(d, ddof=1)) if n >= 2 else nan,
       "ci": [nan, nan], "ci_level": ci, "t": nan, "p_t": nan,
@@ -892,7 +898,7 @@ def paired_comparison(a, b, *, num_bootstrap: int = 10_000, ci: float = 0.95,
     out["p_wilcoxon"] = 1.0 if d[0] == 0 else float(
         sp_stats.wilcoxon(d).pvalue)
     return out
-  t = sp_stats.ttest_rel(b[keep], a[keep])
+  t = sp_stats.ttest_rel(b, a)
   out["t"], out["p_t"] = float(t.statistic), float(t.pvalue)
   out["p_wilcoxon"] = float(sp_stats.wilcoxon(d).pvalue)
   out["cohens_dz"] = float(np.mean(d) / np.std(d, ddof=1))
@@ -910,17 +916,11 @@ def rank_agreement(x, y, *, num_bootstrap: int = 10_000, ci: float = 0.95,
   (``num_bootstrap`` resamples; resamples with a constant side are skipped
   and counted in ``bootstrap_valid``). Needs ``n >= 3`` (NaN otherwise).
   """
-  x = np.asarray(x, np.float64).ravel()
-  y = np.asarray(y, np.float64).ravel()
-  if x.shape != y.shape:
-    raise ValueError(f"x and y must have the same length, got {x.shape} and "
-                     f"{y.shape}")
-  keep = np.isfinite(x) & np.isfinite(y)
-  x, y = x[keep], y[keep]
+  x, y, dropped = _finite_pairs(x, y)
   n = int(x.size)
   nan = math.nan
   out: dict[str, Any] = {
-      "n": n, "dropped": int(keep.size - n), "ci_level": ci,
+      "n": n, "dropped": dropped, "ci_level": ci,
       "kendall_tau": nan, "p_kendall": nan, "kendall_ci": [nan, nan],
       "spearman_rho": nan, "p_spearman": nan, "spearman_ci": [nan, nan],
       "bootstrap_valid": 0}
