@@ -67,8 +67,6 @@ def search_config() -> ml_collections.ConfigDict:
       # random_ws only: "uniform" (sample_uniform) or "controller" (the
       # untrained controller, as the authors ran their baseline).
       "random_sampler": "uniform",
-      # fixed only: the one cell trained, as 2N-1 ENAS tokens.
-      "arch": "",
   })
   config.buffer = ml_collections.ConfigDict({
       # Memory-buffer replay loss (DESIGN "Memory buffer"): "none" (plain

@@ -45,6 +45,7 @@ def get_config():
   config = common.search_config()
   config.search.algorithm = "fixed"
   common.apply_overrides(config, _ONE_CELL)
+  config.search.arch = ""  # Set by run_config from ``arch``.
   config.derive.every_epochs = 5
   config.arch = ""  # Tokens, or the path of a best_arch.json.
   return config

@@ -201,8 +201,12 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
 
 
 def _fixed_cell(config) -> tuple[int, ...]:
-  """``search.arch`` as tokens: required by "fixed", refused by the others."""
-  arch, algorithm = _get(config, "search.arch"), config.search.algorithm
+  """``search.arch`` as tokens: required by "fixed", refused by the others.
+
+  Only ``train_fixed`` configs have the key, so search run directories
+  written before it existed still resume.
+  """
+  arch, algorithm = config.search.get("arch", ""), config.search.algorithm
   if algorithm != "fixed":
     if arch:
       raise ConfigError(
