@@ -17,6 +17,7 @@ from nas_jax import checkpointing
 # name -> module (relative to this package), with a one-line description.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "enas_probe": (".enas_probe", "ENAS search on PTB, then the probe (the main job)"),
+    "enas_vs_random": (".enas_vs_random", "ENAS vs RS-WS over seeds, cells from scratch, proxy tau"),
     "memory_buffer": (".memory_buffer", "ENAS with vs without the replay loss, seeds, probe each"),
     "probe": (".probe", "the controller probe of an existing run (--config.run_dir)"),
     "random_ws": (".random_ws", "random search with weight sharing, same budget"),

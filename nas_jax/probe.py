@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,27 +96,43 @@ def sample_arm(params, shared, key, num, setup, valid_window, chunk_size):
   return {k: np.asarray(v) for k, v in out.items()}
 
 
+class LoadedRun(NamedTuple):
+  config: ml_collections.ConfigDict
+  corpus: Any
+  setup: train.Setup
+  state: train.TrainState  # The latest checkpoint.
+  initial: train.TrainState  # The run's initial state (same seed).
+  description: Any  # The latest checkpoint's metadata.
+
+
+def load_run(run_dir: str) -> LoadedRun:
+  """A search run's config, corpus, setup, latest and initial state."""
+  config = load_run_config(run_dir)
+  corpus = data.load_corpus(config.data.dir,
+                            verify=config.data.verify_checksums)
+  setup = train.make_setup(config, corpus.vocab_size)
+  initial = train.init_state(config, setup)
+  run = checkpointing.RunDirectory(run_dir, config)
+  try:
+    restored = run.restore(initial)  # Only reads the template.
+    description = run.latest_description()
+  finally:
+    run.close()
+  if restored is None:
+    raise train.ConfigError(f"{run_dir}: no checkpoint to load")
+  return LoadedRun(config, corpus, setup, restored[0], initial, description)
+
+
 def collect(run_dir: str, num_cells: int, seed: int) -> dict[str, np.ndarray]:
   """Probe data of the trained and the untrained controller of ``run_dir``.
 
   Keys are ``trained/<name>`` and ``untrained/<name>`` (see
   :func:`sample_arm`), plus ``checkpoint`` metadata.
   """
-  config = load_run_config(run_dir)
-  corpus = data.load_corpus(config.data.dir,
-                            verify=config.data.verify_checksums)
-  setup = train.make_setup(config, corpus.vocab_size)
-  fresh = train.init_state(config, setup)
-  untrained_ctrl = fresh.ctrl  # restore() only reads the template.
-  run = checkpointing.RunDirectory(run_dir, config)
-  try:
-    restored = run.restore(fresh)
-    description = run.latest_description()
-  finally:
-    run.close()
-  if restored is None:
-    raise train.ConfigError(f"{run_dir}: no checkpoint to probe")
-  state, _ = restored
+  loaded = load_run(run_dir)
+  config, corpus, setup, state = (loaded.config, loaded.corpus, loaded.setup,
+                                  loaded.state)
+  untrained_ctrl, description = loaded.initial.ctrl, loaded.description
   valid = data.batchify(corpus.valid, config.train.batch_size)
   window = (jnp.asarray(valid[:config.train.bptt]),
             jnp.asarray(valid[1:config.train.bptt + 1]))

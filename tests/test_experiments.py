@@ -11,8 +11,8 @@ from nas_jax import checkpointing
 from nas_jax import train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = ("enas_probe", "memory_buffer", "probe", "random_ws", "smoke",
-         "train_fixed")
+NAMES = ("enas_probe", "enas_vs_random", "memory_buffer", "probe", "random_ws",
+         "smoke", "train_fixed")
 SEARCH_NAMES = ("enas_probe", "random_ws", "smoke")
 SPECS = [n if p is None else f"{n}:{p}"
          for n in SEARCH_NAMES for p in (None, "paper", "smoke")]
@@ -24,7 +24,7 @@ def _flat(spec):
 
 
 def test_registry_names():
-  """The registry lists exactly the six experiments, sorted."""
+  """The registry lists exactly the seven experiments, sorted."""
   assert experiments.names() == list(NAMES)
 
 

@@ -1,0 +1,198 @@
+"""``enas_vs_random``: ENAS against random search with weight sharing.
+
+For every seed of ``config.seeds``: one ENAS and one RS-WS search on the same
+budget and data order (``WORKDIR/enas/seed_S``, ``WORKDIR/random_ws/seed_S``);
+the shared-weight ppl of ``density_cells`` cells from the final ENAS
+controller and as many uniform cells, under the ENAS supernet, on the first
+validation window (``enas/seed_S/density.npz``); and each method's derived
+cell trained from scratch on the same budget (``train_fixed``, in
+``WORKDIR/fixed/METHOD_seed_S``). Then, for ``proxy.num_cells`` uniform cells
+(``proxy.num_cells=0`` skips it): their exact validation ppl under the RS-WS
+supernet of the first seed against their ppl after training from scratch
+(``WORKDIR/proxy/``), ranked with Kendall tau and Spearman.
+
+The comparison (``nas_jax/analysis/enas_vs_random.py``) writes
+``WORKDIR/report.md``, ``results.json`` and ``figures/``. Everything is
+resumable: the same command skips finished runs. Seeds can run as separate
+jobs into one shared WORKDIR (``--config.seeds='(3,)' --config.proxy.num_cells=0``)
+and ``--config.report_only=True`` with all seeds merges them (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments import common
+from nas_jax import controller
+from nas_jax import data
+from nas_jax import probe
+from nas_jax import search_space
+from nas_jax import train
+
+METHODS = ("enas", "random_ws")
+_OWN_KEYS = ("seeds", "density_cells", "proxy", "report_only")
+_DENSITY_STREAM, _PROXY_STREAM = 11, 12
+
+
+def get_config():
+  config = common.search_config()
+  # Sized for about an hour on a 2-core CPU with 5 seeds (see README).
+  config.train.epochs = 6
+  config.derive.every_epochs = 3
+  config.seeds = (0, 1, 2, 3, 4)
+  config.density_cells = 1000  # Per sampler (ENAS controller, uniform).
+  config.proxy = ml_collections.ConfigDict({"num_cells": 8, "seed": 0})
+  config.report_only = False
+  return config
+
+
+def _check(config):
+  seeds = tuple(config.seeds)
+  if (not seeds or len(set(seeds)) != len(seeds)
+      or not all(isinstance(s, int) for s in seeds)):
+    raise train.ConfigError(
+        f"config seeds must be distinct integers, got {seeds}")
+  if config.density_cells < 1:
+    raise train.ConfigError("config density_cells must be >= 1")
+  if config.proxy.num_cells < 0 or config.proxy.num_cells == 1:
+    raise train.ConfigError(
+        "config proxy.num_cells must be 0 (skip) or >= 2 (ranks need pairs)")
+  if config.search.algorithm != "enas" or config.buffer.variant != "none":
+    raise train.ConfigError(
+        "config search.algorithm and buffer.variant are set by this "
+        "experiment: leave them 'enas' and 'none'")
+  return seeds
+
+
+def run_dir(workdir, method, seed):
+  return os.path.join(workdir, method, f"seed_{seed}")
+
+
+def fixed_dir(workdir, name):
+  return os.path.join(workdir, "fixed", name)
+
+
+def search_config(config, method, seed):
+  values = {k: v for k, v in config.to_dict().items() if k not in _OWN_KEYS}
+  sub = ml_collections.ConfigDict(values)
+  sub.seed = seed
+  sub.search.algorithm = method
+  return sub
+
+
+def fixed_config(config, arch: str, seed: int):
+  """``train_fixed``'s run config for ``arch`` on the search budget."""
+  sub = search_config(config, "fixed", seed)
+  common.apply_overrides(sub, {"derive.num_cells": 1, "derive.chunk_size": 1})
+  sub.search.arch = str(search_space.Architecture.from_tokens(arch))
+  return sub
+
+
+def _cell_ppl(loaded, cells):
+  """Shared-weight ppl of ``cells`` on the first validation window."""
+  c = loaded.config
+  valid = data.batchify(loaded.corpus.valid, c.train.batch_size)
+  inputs = jnp.asarray(valid[:c.train.bptt])
+  targets = jnp.asarray(valid[1:c.train.bptt + 1])
+  chunk = min(c.derive.chunk_size, cells.shape[0])
+  while cells.shape[0] % chunk:
+    chunk -= 1
+  score = jax.jit(lambda p, x: train.cell_losses(
+      p, x, inputs, targets, config=loaded.setup.model, chunk_size=chunk))
+  return np.exp(np.asarray(score(loaded.state.shared, jnp.asarray(cells))))
+
+
+def density(config, workdir, seed):
+  """Controller vs uniform cells under the ENAS supernet (cached)."""
+  path = os.path.join(run_dir(workdir, "enas", seed), "density.npz")
+  if os.path.exists(path):
+    return
+  loaded = probe.load_run(run_dir(workdir, "enas", seed))
+  key = jax.random.fold_in(jax.random.key(seed), _DENSITY_STREAM)
+  k_ctrl, k_uniform = jax.random.split(key)
+  n = config.density_cells
+  ctrl_cells = np.asarray(controller.sample(
+      loaded.state.ctrl, k_ctrl, n, config=loaded.setup.ctrl,
+      mode="derive").tokens)
+  uniform_cells = np.asarray(search_space.sample_uniform(
+      k_uniform, loaded.setup.model.num_nodes, n))
+  out = {"controller_cells": ctrl_cells, "uniform_cells": uniform_cells,
+         "controller_ppl": _cell_ppl(loaded, ctrl_cells),
+         "uniform_ppl": _cell_ppl(loaded, uniform_cells)}
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **out)
+  os.replace(tmp, path)
+
+
+def proxy(config, workdir, seed):
+  """R uniform cells: exact valid ppl under the RS-WS supernet of ``seed``
+  (cached in ``proxy/shared.json``), then each trained from scratch."""
+  os.makedirs(os.path.join(workdir, "proxy"), exist_ok=True)
+  path = os.path.join(workdir, "proxy", "shared.json")
+  if not os.path.exists(path):
+    loaded = probe.load_run(run_dir(workdir, "random_ws", seed))
+    key = jax.random.fold_in(jax.random.key(config.proxy.seed), _PROXY_STREAM)
+    cells = np.asarray(search_space.sample_uniform(
+        key, loaded.setup.model.num_nodes, config.proxy.num_cells))
+    c = loaded.config
+    shared = [train.evaluate_cell(
+        loaded.state.shared, jnp.asarray(cell), loaded.corpus.valid,
+        config=loaded.setup.model, bptt=c.train.bptt,
+        batch_size=c.eval.batch_size, max_windows=c.eval.max_windows)[0]
+              for cell in cells]
+    record = {"supernet": f"random_ws/seed_{seed}",
+              "cells": [str(search_space.Architecture.from_tokens(t))
+                        for t in cells],
+              "shared_valid_ppl": shared}
+    with open(path + ".tmp", "w") as f:
+      json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+  with open(path) as f:
+    record = json.load(f)
+  for i, arch in enumerate(record["cells"]):
+    print(f"enas_vs_random: proxy cell {i + 1}/{len(record['cells'])} from "
+          "scratch", flush=True)
+    train.train_and_evaluate(fixed_config(config, arch, seed),
+                             os.path.join(workdir, "proxy", f"cell_{i}"))
+
+
+def run(config, workdir):
+  from nas_jax.analysis import enas_vs_random  # Host-side analysis.
+  seeds = _check(config)
+  if not config.report_only:
+    corpus = data.load_corpus(config.data.dir,
+                              verify=config.data.verify_checksums)
+    for method in METHODS:
+      train.make_setup(search_config(config, method, seeds[0]),
+                       corpus.vocab_size)
+    for i, seed in enumerate(seeds):
+      for method in METHODS:
+        print(f"enas_vs_random: seed {seed} ({i + 1}/{len(seeds)}): "
+              f"{method} search", flush=True)
+        train.train_and_evaluate(search_config(config, method, seed),
+                                 run_dir(workdir, method, seed))
+      print(f"enas_vs_random: seed {seed}: controller vs uniform cells",
+            flush=True)
+      density(config, workdir, seed)
+      for method in METHODS:
+        with open(os.path.join(run_dir(workdir, method, seed),
+                               "best_arch.json")) as f:
+          arch = json.load(f)["arch"]
+        print(f"enas_vs_random: seed {seed}: {method}'s cell from scratch",
+              flush=True)
+        train.train_and_evaluate(fixed_config(config, arch, seed),
+                                 fixed_dir(workdir, f"{method}_seed_{seed}"))
+    if config.proxy.num_cells:
+      proxy(config, workdir, seeds[0])
+  results = enas_vs_random.compare(workdir, seeds)
+  enas_vs_random.write_outputs(results, workdir)
+  print(f"enas_vs_random: report in {os.path.join(workdir, 'report.md')}",
+        flush=True)
+  print(results["verdict"], flush=True)
+  return results

@@ -1,0 +1,87 @@
+"""enas_vs_random: config checks, one tiny run, merging separate seed jobs."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import experiments
+from experiments import enas_vs_random
+from nas_jax import train
+
+
+def _config(**values):
+  config = experiments.get_config("enas_vs_random:smoke")[1]
+  config.density_cells = 8
+  for key, value in values.items():
+    node, *rest = key.split(".")
+    if rest:
+      config[node][rest[0]] = value
+    else:
+      config[node] = value
+  return config
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"seeds": (0, 0)}, "seeds"),
+    ({"seeds": ()}, "seeds"),
+    ({"proxy.num_cells": 1}, "proxy.num_cells"),
+    ({"density_cells": 0}, "density_cells"),
+    ({"search.algorithm": "random_ws"}, "search.algorithm"),
+])
+def test_bad_config_is_a_config_error(values, message):
+  with pytest.raises(train.ConfigError, match=message):
+    enas_vs_random.run(_config(**values), "/nonexistent/never-created")
+
+
+def test_default_config():
+  config = experiments.get_config("enas_vs_random")[1]
+  assert len(config.seeds) >= 5
+  assert config.density_cells == 1000
+  assert config.proxy.num_cells >= 3
+
+
+def test_separate_seed_jobs_merge_into_one_report(tmp_path):
+  """Seed 0 with the proxy, seed 1 as its own job, then report_only merges
+  both; a seed that never ran is named."""
+  workdir = str(tmp_path / "evr")
+  first = enas_vs_random.run(_config(**{"seeds": (0,), "proxy.num_cells": 3}),
+                             workdir)
+  assert first["comparisons"]["fixed_valid_ppl"]["n"] == 1
+  assert "Too few seeds" in first["verdict"]
+  enas_vs_random.run(_config(**{"seeds": (1,), "proxy.num_cells": 0}),
+                     workdir)
+  merged = enas_vs_random.run(
+      _config(**{"seeds": (0, 1), "report_only": True}), workdir)
+  assert merged["seeds"] == [0, 1]
+  for s in ("0", "1"):
+    seed = merged["per_seed"][s]
+    for method in ("enas", "random_ws"):
+      for key in ("shared_valid_ppl", "fixed_valid_ppl", "fixed_test_ppl"):
+        assert math.isfinite(seed[method][key]), (s, method, key)
+    assert len(seed["density"]["controller_ppl"]) == 8
+    assert len(seed["density"]["uniform_ppl"]) == 8
+  # The merged numbers are the per-seed runs' own.
+  with open(os.path.join(workdir, "fixed", "enas_seed_1",
+                         "best_arch.json")) as f:
+    assert merged["per_seed"]["1"]["enas"]["fixed_valid_ppl"] == pytest.approx(
+        json.load(f)["valid_ppl"])
+  c = merged["comparisons"]["fixed_valid_ppl"]
+  assert c["n"] == 2
+  d = [merged["per_seed"][s]["enas"]["fixed_valid_ppl"]
+       - merged["per_seed"][s]["random_ws"]["fixed_valid_ppl"]
+       for s in ("0", "1")]
+  assert c["mean_difference"] == pytest.approx(np.mean(d))
+  proxy = merged["proxy"]
+  assert proxy["agreement"]["n"] == 3
+  assert all(math.isfinite(v) for v in proxy["scratch_valid_ppl"])
+  with open(os.path.join(workdir, "report.md")) as f:
+    report = f.read()
+  assert "Kendall tau-b" in report and "Seeds: 0, 1." in report
+  assert os.path.getsize(os.path.join(workdir, "figures",
+                                      "sampled_ppl_density.png")) > 0
+  with pytest.raises(FileNotFoundError, match="run the experiment"):
+    enas_vs_random.run(_config(**{"seeds": (0, 2), "report_only": True}),
+                       workdir)
