@@ -148,12 +148,20 @@ def _figure(results, fig_dir) -> str:
                            squeeze=False)
   for ax, s in zip(axes.ravel(), seeds):
     d = results["per_seed"][str(s)]["density"]
+    logs = {name: np.log(np.asarray(d[name], np.float64))
+            for name in ("controller_ppl", "uniform_ppl")}
+    pooled = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
+    # A few diverging cells reach log ppl 60: the bins cover the central 98%.
+    lo, hi = np.percentile(pooled, [1, 99]) if pooled.size else (0.0, 1.0)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 40)
+    outside = 0
     for name, label in (("controller_ppl", "ENAS controller"),
                         ("uniform_ppl", "uniform")):
-      v = np.log(np.asarray(d[name], np.float64))
-      v = v[np.isfinite(v)]
-      ax.hist(v, bins=30, density=True, alpha=0.5, label=label)
-    ax.set_title(f"seed {s}", fontsize=9)
+      v = logs[name]
+      inside = np.isfinite(v) & (v >= bins[0]) & (v <= bins[-1])
+      outside += int(v.size - inside.sum())
+      ax.hist(v[inside], bins=bins, density=True, alpha=0.5, label=label)
+    ax.set_title(f"seed {s} ({outside} cells outside the range)", fontsize=8)
     ax.set_xlabel("log shared-weight ppl")
   for ax in axes.ravel()[len(seeds):]:
     ax.axis("off")
