@@ -175,6 +175,29 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
+def run_config(config: ml_collections.ConfigDict, own_keys: tuple[str, ...],
+               **values) -> ml_collections.ConfigDict:
+  """A copy of ``config`` without an experiment's ``own_keys`` (its seed
+  list, arms, ...), with top-level ``values`` (e.g. ``seed``) set: the config
+  one run of a multi-run experiment is bound to."""
+  sub = ml_collections.ConfigDict(
+      {k: v for k, v in config.to_dict().items() if k not in own_keys})
+  for key, value in values.items():
+    sub[key] = value
+  return sub
+
+
+def check_seeds(seeds) -> tuple[int, ...]:
+  """``config.seeds`` as a tuple; ``ConfigError`` unless distinct integers."""
+  from nas_jax import train  # pylint: disable=import-outside-toplevel
+  seeds = tuple(seeds)
+  if (not seeds or len(set(seeds)) != len(seeds)
+      or not all(isinstance(s, int) for s in seeds)):
+    raise train.ConfigError(
+        f"config seeds must be distinct integers, got {seeds}")
+  return seeds
+
+
 def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return apply_overrides(config, _PAPER)
 

@@ -29,11 +29,13 @@ import ml_collections
 import numpy as np
 
 from experiments import common
+from experiments import train_fixed
 from nas_jax import controller
 from nas_jax import data
 from nas_jax import probe
 from nas_jax import search_space
 from nas_jax import train
+from nas_jax.analysis import enas_vs_random as analysis
 
 METHODS = ("enas", "random_ws")
 _OWN_KEYS = ("seeds", "density_cells", "proxy", "report_only")
@@ -53,11 +55,7 @@ def get_config():
 
 
 def _check(config):
-  seeds = tuple(config.seeds)
-  if (not seeds or len(set(seeds)) != len(seeds)
-      or not all(isinstance(s, int) for s in seeds)):
-    raise train.ConfigError(
-        f"config seeds must be distinct integers, got {seeds}")
+  seeds = common.check_seeds(config.seeds)
   if config.density_cells < 1:
     raise train.ConfigError("config density_cells must be >= 1")
   if config.proxy.num_cells < 0 or config.proxy.num_cells == 1:
@@ -70,50 +68,32 @@ def _check(config):
   return seeds
 
 
-def run_dir(workdir, method, seed):
-  return os.path.join(workdir, method, f"seed_{seed}")
-
-
-def fixed_dir(workdir, name):
-  return os.path.join(workdir, "fixed", name)
-
-
 def search_config(config, method, seed):
-  values = {k: v for k, v in config.to_dict().items() if k not in _OWN_KEYS}
-  sub = ml_collections.ConfigDict(values)
-  sub.seed = seed
+  sub = common.run_config(config, _OWN_KEYS, seed=seed)
   sub.search.algorithm = method
   return sub
 
 
 def fixed_config(config, arch: str, seed: int):
-  """``train_fixed``'s run config for ``arch`` on the search budget."""
-  sub = search_config(config, "fixed", seed)
-  common.apply_overrides(sub, {"derive.num_cells": 1, "derive.chunk_size": 1})
-  sub.search.arch = str(search_space.Architecture.from_tokens(arch))
-  return sub
+  """The from-scratch run of ``arch`` on the search budget."""
+  return common.apply_overrides(
+      train_fixed.fixed_config(config, arch, _OWN_KEYS, seed=seed),
+      train_fixed.ONE_CELL)
 
 
 def _cell_ppl(loaded, cells):
   """Shared-weight ppl of ``cells`` on the first validation window."""
-  c = loaded.config
-  valid = data.batchify(loaded.corpus.valid, c.train.batch_size)
-  inputs = jnp.asarray(valid[:c.train.bptt])
-  targets = jnp.asarray(valid[1:c.train.bptt + 1])
-  chunk = min(c.derive.chunk_size, cells.shape[0])
-  while cells.shape[0] % chunk:
-    chunk -= 1
-  score = jax.jit(lambda p, x: train.cell_losses(
-      p, x, inputs, targets, config=loaded.setup.model, chunk_size=chunk))
-  return np.exp(np.asarray(score(loaded.state.shared, jnp.asarray(cells))))
+  valid = data.batchify(loaded.corpus.valid, loaded.config.train.batch_size)
+  return np.asarray(train.window_ppl(loaded.state.shared, jnp.asarray(cells),
+                                     jnp.asarray(valid), setup=loaded.setup))
 
 
 def density(config, workdir, seed):
   """Controller vs uniform cells under the ENAS supernet (cached)."""
-  path = os.path.join(run_dir(workdir, "enas", seed), "density.npz")
+  path = analysis.density_path(workdir, seed)
   if os.path.exists(path):
     return
-  loaded = probe.load_run(run_dir(workdir, "enas", seed))
+  loaded = probe.load_run(analysis.run_dir(workdir, "enas", seed))
   key = jax.random.fold_in(jax.random.key(seed), _DENSITY_STREAM)
   k_ctrl, k_uniform = jax.random.split(key)
   n = config.density_cells
@@ -133,10 +113,10 @@ def density(config, workdir, seed):
 def proxy(config, workdir, seed):
   """R uniform cells: exact valid ppl under the RS-WS supernet of ``seed``
   (cached in ``proxy/shared.json``), then each trained from scratch."""
-  os.makedirs(os.path.join(workdir, "proxy"), exist_ok=True)
-  path = os.path.join(workdir, "proxy", "shared.json")
+  path = analysis.proxy_path(workdir)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   if not os.path.exists(path):
-    loaded = probe.load_run(run_dir(workdir, "random_ws", seed))
+    loaded = probe.load_run(analysis.run_dir(workdir, "random_ws", seed))
     key = jax.random.fold_in(jax.random.key(config.proxy.seed), _PROXY_STREAM)
     cells = np.asarray(search_space.sample_uniform(
         key, loaded.setup.model.num_nodes, config.proxy.num_cells))
@@ -159,11 +139,10 @@ def proxy(config, workdir, seed):
     print(f"enas_vs_random: proxy cell {i + 1}/{len(record['cells'])} from "
           "scratch", flush=True)
     train.train_and_evaluate(fixed_config(config, arch, seed),
-                             os.path.join(workdir, "proxy", f"cell_{i}"))
+                             analysis.proxy_cell_dir(workdir, i))
 
 
 def run(config, workdir):
-  from nas_jax.analysis import enas_vs_random  # Host-side analysis.
   seeds = _check(config)
   if not config.report_only:
     corpus = data.load_corpus(config.data.dir,
@@ -176,22 +155,22 @@ def run(config, workdir):
         print(f"enas_vs_random: seed {seed} ({i + 1}/{len(seeds)}): "
               f"{method} search", flush=True)
         train.train_and_evaluate(search_config(config, method, seed),
-                                 run_dir(workdir, method, seed))
+                                 analysis.run_dir(workdir, method, seed))
       print(f"enas_vs_random: seed {seed}: controller vs uniform cells",
             flush=True)
       density(config, workdir, seed)
       for method in METHODS:
-        with open(os.path.join(run_dir(workdir, method, seed),
+        with open(os.path.join(analysis.run_dir(workdir, method, seed),
                                "best_arch.json")) as f:
           arch = json.load(f)["arch"]
         print(f"enas_vs_random: seed {seed}: {method}'s cell from scratch",
               flush=True)
         train.train_and_evaluate(fixed_config(config, arch, seed),
-                                 fixed_dir(workdir, f"{method}_seed_{seed}"))
+                                 analysis.fixed_dir(workdir, method, seed))
     if config.proxy.num_cells:
       proxy(config, workdir, seeds[0])
-  results = enas_vs_random.compare(workdir, seeds)
-  enas_vs_random.write_outputs(results, workdir)
+  results = analysis.compare(workdir, seeds)
+  analysis.write_outputs(results, workdir)
   print(f"enas_vs_random: report in {os.path.join(workdir, 'report.md')}",
         flush=True)
   print(results["verdict"], flush=True)

@@ -51,7 +51,7 @@ def get_config():
 
 
 def _check(config):
-  arms, seeds = tuple(config.arms), tuple(config.seeds)
+  arms, seeds = tuple(config.arms), common.check_seeds(config.seeds)
   unknown = [a for a in arms if a not in ARMS]
   if unknown:
     raise train.ConfigError(
@@ -60,10 +60,6 @@ def _check(config):
     raise train.ConfigError(
         f"config arms must list 'none' (the baseline) and at least one of "
         f"'clean', 'faithful', each once; got {arms}")
-  if (not seeds or len(set(seeds)) != len(seeds)
-      or not all(isinstance(s, int) for s in seeds)):
-    raise train.ConfigError(
-        f"config seeds must be distinct integers, got {seeds}")
   if config.buffer.variant != "none":
     raise train.ConfigError(
         "config buffer.variant is set per arm by this experiment: leave it "
@@ -75,11 +71,8 @@ def _check(config):
 def run_config(config: ml_collections.ConfigDict, arm: str, seed: int
                ) -> ml_collections.ConfigDict:
   """The search config of one run: the experiment's, with its seed and arm."""
-  values = {k: v for k, v in config.to_dict().items() if k not in _OWN_KEYS}
-  sub = ml_collections.ConfigDict(values)
-  sub.seed = seed
-  common.apply_overrides(sub, ARMS[arm])
-  return sub
+  return common.apply_overrides(
+      common.run_config(config, _OWN_KEYS, seed=seed), ARMS[arm])
 
 
 def run(config, workdir):

@@ -26,12 +26,12 @@ from nas_jax import train
 _OWN_KEYS = ("arch",)
 
 # One cell: nothing to sample at a derive (the presets set 100 and 8).
-_ONE_CELL = {"derive.num_cells": 1, "derive.chunk_size": 1}
+ONE_CELL = {"derive.num_cells": 1, "derive.chunk_size": 1}
 # Applied after the common preset of the same name.
 PRESET_OVERRIDES = {
-    "smoke": _ONE_CELL,
+    "smoke": ONE_CELL,
     "paper": {
-        **_ONE_CELL,
+        **ONE_CELL,
         "model.hidden_size": 750,
         "train.epochs": 300,
         # One pass over PTB's train split per epoch at batch 64, BPTT 35.
@@ -44,7 +44,7 @@ PRESET_OVERRIDES = {
 def get_config():
   config = common.search_config()
   config.search.algorithm = "fixed"
-  common.apply_overrides(config, _ONE_CELL)
+  common.apply_overrides(config, ONE_CELL)
   config.search.arch = ""  # Set by run_config from ``arch``.
   config.derive.every_epochs = 5
   config.arch = ""  # Tokens, or the path of a best_arch.json.
@@ -72,12 +72,22 @@ def resolve_arch(arch: str) -> str:
     raise train.ConfigError(f"config arch: {e}")
 
 
+def fixed_config(config: ml_collections.ConfigDict, arch: str,
+                 own_keys: tuple[str, ...] = _OWN_KEYS, **values
+                 ) -> ml_collections.ConfigDict:
+  """The run config that trains ``arch`` alone, from a search-shaped
+  ``config`` (an experiment's ``own_keys`` dropped, ``values`` such as
+  ``seed`` set, ``search.algorithm="fixed"``). Its derive settings are
+  kept: make_setup requires :data:`ONE_CELL`."""
+  sub = common.run_config(config, own_keys, **values)
+  sub.search.algorithm = "fixed"
+  sub.search.arch = resolve_arch(arch)
+  return sub
+
+
 def run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The run's config: ``arch`` resolved into ``search.arch``."""
-  values = {k: v for k, v in config.to_dict().items() if k not in _OWN_KEYS}
-  sub = ml_collections.ConfigDict(values)
-  sub.search.arch = resolve_arch(config.arch)
-  return sub
+  return fixed_config(config, config.arch)
 
 
 def run(config, workdir):

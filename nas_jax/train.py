@@ -507,10 +507,18 @@ def derive_cells(state: TrainState, valid_data: jax.Array, *, setup: Setup
   key = jax.random.fold_in(jax.random.fold_in(state.key, _DERIVE_STREAM),
                            state.epoch)
   cells = sample_cells(state, key, setup.derive_cells, setup, mode="derive")
+  return cells, window_ppl(state.shared, cells, valid_data, setup=setup)
+
+
+@functools.partial(jax.jit, static_argnames="setup")
+def window_ppl(params: supernet.Params, cells: jax.Array, valid_data: jax.Array,
+               *, setup: Setup) -> jax.Array:
+  """Shared-weight ppl ``[K]`` of ``cells`` on the first validation window
+  (zero carry), ``setup.derive_chunk`` cells at a time: the derive score."""
   inputs, targets = _window(valid_data, 0, setup.bptt)
-  losses = cell_losses(state.shared, cells, inputs, targets,
-                       config=setup.model, chunk_size=setup.derive_chunk)
-  return cells, jnp.exp(losses)
+  return jnp.exp(cell_losses(params, cells, inputs, targets,
+                             config=setup.model,
+                             chunk_size=setup.derive_chunk))
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import experiments
+from experiments import common
 from experiments import enas_vs_random
 from nas_jax import train
 
@@ -15,13 +16,7 @@ from nas_jax import train
 def _config(**values):
   config = experiments.get_config("enas_vs_random:smoke")[1]
   config.density_cells = 8
-  for key, value in values.items():
-    node, *rest = key.split(".")
-    if rest:
-      config[node][rest[0]] = value
-    else:
-      config[node] = value
-  return config
+  return common.apply_overrides(config, values)
 
 
 @pytest.mark.parametrize("values, message", [

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import experiments
+from experiments import common
 from experiments import memory_buffer
 from nas_jax import train
 from nas_jax.analysis import buffer_comparison
@@ -74,13 +75,7 @@ def test_paper_preset_uses_the_authors_schedule():
 ])
 def test_bad_experiment_config_is_a_config_error(overrides, message):
   """Bad arms, seeds or a global buffer variant fail before any run starts."""
-  config = _config("smoke")
-  for dotted, value in overrides.items():
-    node, *rest = dotted.split(".")
-    if rest:
-      config[node][rest[0]] = value
-    else:
-      config[node] = value
+  config = common.apply_overrides(_config("smoke"), overrides)
   with pytest.raises(train.ConfigError, match=message):
     memory_buffer.run(config, "/nonexistent/never-created")
 

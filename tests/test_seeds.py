@@ -27,32 +27,19 @@ def _leaves(state):
           for x in jax.tree.leaves(state)]
 
 
-def _run_single(config, setup, seed, data, epochs, shared, ctrl):
-  state = train.init_state(seeds.seed_config(config, seed), setup)
+def _run(state, shared_step, controller_step, data, setup, *, epochs, shared,
+         ctrl):
+  """``epochs`` of ``shared`` then ``ctrl`` steps, as the host loop does."""
   logs = []
   for _ in range(epochs):
     for _ in range(shared):
-      state, m = train.shared_step(state, data, setup=setup)
+      state, m = shared_step(state, data, setup=setup)
       logs.append(("shared", jax.device_get(m)))
     for _ in range(ctrl):
-      state, m = train.controller_step(state, data, setup=setup)
+      state, m = controller_step(state, data, setup=setup)
       logs.append(("ctrl", jax.device_get(m)))
-    state = state._replace(epoch=state.epoch + 1)
+    state = seeds.next_epoch(state)
   return state, logs
-
-
-def _run_stacked(config, setup, data, epochs, shared, ctrl):
-  states = seeds.init_states(config, setup, SEEDS)
-  logs = []
-  for _ in range(epochs):
-    for _ in range(shared):
-      states, m = seeds.shared_steps(states, data, setup=setup)
-      logs.append(("shared", jax.device_get(m)))
-    for _ in range(ctrl):
-      states, m = seeds.controller_steps(states, data, setup=setup)
-      logs.append(("ctrl", jax.device_get(m)))
-    states = seeds.next_epoch(states)
-  return states, logs
 
 
 @pytest.mark.parametrize("algorithm", ["enas", "random_ws"])
@@ -63,11 +50,15 @@ def test_each_stacked_seed_equals_its_single_run(toy_data, algorithm):
                                   {"search.algorithm": algorithm})
   setup = train.make_setup(config, VOCAB)
   ctrl = train.ctrl_steps_per_epoch(config)
-  states, logs = _run_stacked(config, setup, toy_data, 2, 3, ctrl)
+  steps = dict(epochs=2, shared=3, ctrl=ctrl)
+  states, logs = _run(seeds.init_states(config, setup, SEEDS),
+                      seeds.shared_steps, seeds.controller_steps, toy_data,
+                      setup, **steps)
   assert seeds.num_seeds(states) == len(SEEDS)
   for i, seed in enumerate(SEEDS):
-    single, single_logs = _run_single(config, setup, seed, toy_data, 2, 3,
-                                      ctrl)
+    single, single_logs = _run(
+        train.init_state(seeds.seed_config(config, seed), setup),
+        train.shared_step, train.controller_step, toy_data, setup, **steps)
     mine = seeds.unstack(states, i)
     for a, b in zip(_leaves(mine), _leaves(single)):
       if np.issubdtype(a.dtype, np.integer):

@@ -31,6 +31,30 @@ QUANTITIES = {
 }
 
 
+# The experiment's directory layout (``experiments/enas_vs_random.py``).
+
+
+def run_dir(workdir: str, method: str, seed: int) -> str:
+  return os.path.join(workdir, method, f"seed_{seed}")
+
+
+def fixed_dir(workdir: str, method: str, seed: int) -> str:
+  """The from-scratch run of ``method``'s derived cell."""
+  return os.path.join(workdir, "fixed", f"{method}_seed_{seed}")
+
+
+def density_path(workdir: str, seed: int) -> str:
+  return os.path.join(run_dir(workdir, "enas", seed), "density.npz")
+
+
+def proxy_path(workdir: str) -> str:
+  return os.path.join(workdir, "proxy", "shared.json")
+
+
+def proxy_cell_dir(workdir: str, index: int) -> str:
+  return os.path.join(workdir, "proxy", f"cell_{index}")
+
+
 def _load(path):
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -47,16 +71,16 @@ def _finite(v):
 def collect_seed(workdir: str, seed: int) -> dict[str, Any]:
   out: dict[str, Any] = {}
   for method in METHODS:
-    best = _load(os.path.join(workdir, method, f"seed_{seed}",
+    best = _load(os.path.join(run_dir(workdir, method, seed),
                               "best_arch.json"))
-    fixed = _load(os.path.join(workdir, "fixed", f"{method}_seed_{seed}",
+    fixed = _load(os.path.join(fixed_dir(workdir, method, seed),
                                "best_arch.json"))
     out[method] = {"arch": best["arch"],
                    "shared_valid_ppl": _finite(best["valid_ppl"]),
                    "shared_test_ppl": _finite(best.get("test_ppl")),
                    "fixed_valid_ppl": _finite(fixed["valid_ppl"]),
                    "fixed_test_ppl": _finite(fixed.get("test_ppl"))}
-  path = os.path.join(workdir, "enas", f"seed_{seed}", "density.npz")
+  path = density_path(workdir, seed)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} is missing: run the experiment for this "
                             "seed first")
@@ -71,13 +95,13 @@ def collect_seed(workdir: str, seed: int) -> dict[str, Any]:
 
 
 def collect_proxy(workdir: str) -> dict[str, Any] | None:
-  path = os.path.join(workdir, "proxy", "shared.json")
+  path = proxy_path(workdir)
   if not os.path.exists(path):
     return None
   record = _load(path)
   scratch = []
   for i in range(len(record["cells"])):
-    p = os.path.join(workdir, "proxy", f"cell_{i}", "best_arch.json")
+    p = os.path.join(proxy_cell_dir(workdir, i), "best_arch.json")
     scratch.append(_finite(_load(p)["valid_ppl"]) if os.path.exists(p)
                    else math.nan)
   record["scratch_valid_ppl"] = scratch
