@@ -28,7 +28,8 @@ import numpy as np
 import experiments
 from experiments import common
 from nas_jax import seeds
-from nas_jax import train
+from nas_jax import settings
+from nas_jax import steps
 
 
 def _time(fn, state, steps, warmup):
@@ -48,7 +49,7 @@ def run(args) -> dict:
   config = common.apply_overrides(experiments.get_config("enas_probe")[1], {
       "model.hidden_size": args.hidden, "model.num_nodes": args.nodes,
       "train.batch_size": args.batch, "train.bptt": args.bptt})
-  setup = train.make_setup(config, args.vocab)
+  setup = settings.make_setup(config, args.vocab)
   rng = np.random.default_rng(0)
   data = jnp.asarray(rng.integers(0, args.vocab, (args.bptt * 4 + 1, args.batch),
                                   dtype=np.int32))
@@ -56,7 +57,7 @@ def run(args) -> dict:
   for s in args.seeds:
     ids = list(range(s))
     # Stacked: one program for all S seeds.
-    states = seeds.init_states(config, setup, ids)
+    states = seeds.init_states(setup, ids)
     states, shared_s = _time(
         lambda st: seeds.shared_steps(st, data, setup=setup), states,
         args.steps, args.warmup)
@@ -66,11 +67,11 @@ def run(args) -> dict:
     # Separate: each seed's own state through the single-run steps.
     sep_shared, sep_ctrl = 0.0, 0.0
     for seed in ids:
-      state = train.init_state(seeds.seed_config(config, seed), setup)
-      state, t = _time(lambda st: train.shared_step(st, data, setup=setup),
+      state = steps.init_state(setup, seed)
+      state, t = _time(lambda st: steps.shared_step(st, data, setup=setup),
                        state, args.steps, args.warmup)
       sep_shared += t
-      state, t = _time(lambda st: train.controller_step(st, data, setup=setup),
+      state, t = _time(lambda st: steps.controller_step(st, data, setup=setup),
                        state, args.ctrl_steps, args.warmup)
       sep_ctrl += t
     rows.append({

@@ -1,8 +1,9 @@
 """Experiments by name: an explicit registry, no import side effects.
 
-Each experiment is a module with ``get_config() -> ConfigDict`` and
-``run(config, workdir)``. ``NAME:PRESET`` applies a preset of
-:mod:`experiments.common` (``paper``, ``smoke``) to any experiment's config.
+Each experiment is a module with ``get_config(preset="") -> ConfigDict`` (its
+config with a preset of :mod:`experiments.common` applied, ``paper`` or
+``smoke``, and locked) and ``run(config, workdir)``; ``NAME:PRESET`` names
+both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 import ml_collections
 
 from experiments import common
-from nas_jax import checkpointing
+from nas_jax import rundir
 
 # name -> module (relative to this package), with a one-line description.
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -33,7 +34,8 @@ def names() -> list[str]:
 def describe() -> str:
   """One line per experiment and preset, for ``--help``."""
   lines = [f"  {n:<12} {_REGISTRY[n][1]}" for n in names()]
-  lines.append("presets (NAME:PRESET): " + ", ".join(sorted(common.PRESETS)))
+  lines.append("presets (NAME:PRESET): "
+               + ", ".join(sorted(common.SEARCH_PRESETS)))
   return "\n".join(lines)
 
 
@@ -49,19 +51,7 @@ def get_config(spec: str) -> tuple[object, ml_collections.ConfigDict]:
   """``NAME`` or ``NAME:PRESET`` -> (experiment module, resolved config)."""
   name, _, preset = spec.partition(":")
   experiment = get_experiment(name)
-  config = experiment.get_config()
-  if preset:
-    if preset not in common.PRESETS:
-      raise ValueError(
-          f"unknown preset {preset!r}; valid presets: "
-          f"{', '.join(sorted(common.PRESETS))}")
-    config = common.PRESETS[preset](config)
-    # An experiment may adjust a preset (e.g. train_fixed's final-training
-    # sizes): PRESET_OVERRIDES = {preset: {dotted key: value}}.
-    overrides = getattr(experiment, "PRESET_OVERRIDES", {}).get(preset)
-    if overrides:
-      common.apply_overrides(config, overrides)
-  return experiment, config
+  return experiment, experiment.get_config(preset)
 
 
 def check_override_keys(config: ml_collections.ConfigDict, argv) -> None:
@@ -70,7 +60,7 @@ def check_override_keys(config: ml_collections.ConfigDict, argv) -> None:
   Runs before ml_collections parses the overrides, whose own error for an
   unknown key does not say which one.
   """
-  valid = set(checkpointing.flatten(config.to_dict()))
+  valid = set(rundir.flatten(config.to_dict()))
   for arg in argv:
     if not arg.startswith("--config."):
       continue

@@ -2,15 +2,18 @@
 
 CPU defaults are sized for a 2-core laptop-class machine (the full
 ``enas_probe`` in about 15 minutes); ``paper`` restores the DESIGN sizes for
-accelerators and ``smoke`` shrinks everything to seconds.
+accelerators and ``smoke`` shrinks everything to seconds. Each experiment's
+``get_config(preset)`` builds its config and applies a preset with
+:func:`with_preset`, which refuses a key the config lacks and locks it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 import ml_collections
+
+from nas_jax import settings
 
 # The bundled PTB copy, found from this file so the default works from any
 # working directory.
@@ -111,67 +114,106 @@ def probe_config() -> ml_collections.ConfigDict:
   })
 
 
-# Presets as data: dotted keys and values. A key is applied when its first
-# part exists in the config, so one preset serves search configs (model,
-# train, ...) and the probe config (run_dir, probe) alike.
-_PAPER = {
-    # DESIGN's sizes and schedule: for GPUs/TPUs, not for a laptop.
-    "model.hidden_size": 1000,
-    "train.epochs": 150,
-    "train.steps_per_epoch": 400,
-    "train.batch_size": 64,
-    "controller.steps_per_epoch": 2000,
-    "derive.every_epochs": 10,
-    "buffer.store_start_epoch": 5,
-    "buffer.replay_start_epoch": 10,
-    "checkpoint_every": 200,
-    "log_every": 50,
-    "probe.num_cells": 1000,
-    "probe.ged_max_pairs": 2000,
+# Presets as data: dotted keys and values, applied strictly (a key that the
+# config lacks raises, naming it). The probe's keys are shared by the search
+# experiments (whose configs hold a probe section) and the probe experiment.
+PROBE_PRESETS: dict[str, dict[str, object]] = {
+    "paper": {
+        "probe.num_cells": 1000,
+        "probe.ged_max_pairs": 2000,
+    },
+    "smoke": {
+        "probe.num_cells": 20,
+        "probe.num_permutations": 99,
+        "probe.num_bootstrap": 100,
+        "probe.ged_max_pairs": 20,
+    },
 }
-_SMOKE = {
+SEARCH_PRESETS: dict[str, dict[str, object]] = {
+    # DESIGN's sizes and schedule: for GPUs/TPUs, not for a laptop.
+    "paper": {
+        "model.hidden_size": 1000,
+        "train.epochs": 150,
+        "train.steps_per_epoch": 400,
+        "train.batch_size": 64,
+        "controller.steps_per_epoch": 2000,
+        "derive.every_epochs": 10,
+        "buffer.store_start_epoch": 5,
+        "buffer.replay_start_epoch": 10,
+        "checkpoint_every": 200,
+        "log_every": 50,
+        **PROBE_PRESETS["paper"],
+    },
     # A few steps of every phase at tiny sizes: seconds on a CPU.
-    "model.hidden_size": 16,
-    "model.num_nodes": 4,
-    "controller.hidden_size": 16,
-    "train.epochs": 2,
-    "train.steps_per_epoch": 4,
-    "train.batch_size": 8,
-    "train.bptt": 8,
-    "controller.steps_per_epoch": 4,
-    "controller.samples_per_step": 2,
-    "derive.num_cells": 8,
-    "derive.chunk_size": 4,
-    "derive.every_epochs": 1,
-    "eval.batch_size": 16,
-    "eval.max_windows": 20,  # A partial evaluation: 2,560 tokens.
-    "buffer.capacity": 64,
-    "buffer.store_per_epoch": 16,
-    "buffer.store_start_epoch": 0,
-    "buffer.replay_start_epoch": 1,
-    "buffer.replay_samples": 8,
-    "buffer.replace_rows": 8,
-    "log_every": 2,
-    "checkpoint_every": 2,
-    "probe.num_cells": 20,
-    "probe.num_permutations": 99,
-    "probe.num_bootstrap": 100,
-    "probe.ged_max_pairs": 20,
-    "seeds": (0, 1),  # memory_buffer.
+    "smoke": {
+        "model.hidden_size": 16,
+        "model.num_nodes": 4,
+        "controller.hidden_size": 16,
+        "train.epochs": 2,
+        "train.steps_per_epoch": 4,
+        "train.batch_size": 8,
+        "train.bptt": 8,
+        "controller.steps_per_epoch": 4,
+        "controller.samples_per_step": 2,
+        "derive.num_cells": 8,
+        "derive.chunk_size": 4,
+        "derive.every_epochs": 1,
+        "eval.batch_size": 16,
+        "eval.max_windows": 20,  # A partial evaluation: 2,560 tokens.
+        "buffer.capacity": 64,
+        "buffer.store_per_epoch": 16,
+        "buffer.store_start_epoch": 0,
+        "buffer.replay_start_epoch": 1,
+        "buffer.replay_samples": 8,
+        "buffer.replace_rows": 8,
+        "log_every": 2,
+        "checkpoint_every": 2,
+        **PROBE_PRESETS["smoke"],
+    },
 }
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     values: dict[str, object]) -> ml_collections.ConfigDict:
-  """Sets ``values`` (dotted keys) whose first part ``config`` has."""
+  """Sets ``values`` (dotted keys) in ``config``, which must have every key:
+  a misspelt key or section raises :class:`settings.ConfigError` naming it."""
   for dotted, value in values.items():
-    *path, last = dotted.split(".")
-    if (path[0] if path else last) not in config:
-      continue
+    parts = dotted.split(".")
     node = config
-    for part in path:
-      node = node[part]
-    node[last] = value
+    for i, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = ".".join(parts[:i]) or "the config"
+        keys = (", ".join(sorted(node.keys()))
+                if isinstance(node, ml_collections.ConfigDict) else "none")
+        raise settings.ConfigError(
+            f"unknown config key {dotted!r}: {where} has no {part!r} "
+            f"(its keys: {keys})")
+      if i < len(parts) - 1:
+        node = node[part]
+    node[parts[-1]] = value
+  return config
+
+
+def with_preset(config: ml_collections.ConfigDict, preset: str,
+                own: dict[str, dict[str, object]] | None = None,
+                presets: dict[str, dict[str, object]] | None = None
+                ) -> ml_collections.ConfigDict:
+  """``config`` with ``preset`` applied, then locked (no key can be added).
+
+  ``presets`` (default :data:`SEARCH_PRESETS`) are the common presets;
+  ``own`` is the experiment's own adjustments per preset (applied after the
+  common one, e.g. ``train_fixed``'s final-training sizes). An unknown
+  preset raises ``ValueError`` listing the valid ones; a preset key that the
+  config lacks raises :class:`settings.ConfigError` naming it.
+  """
+  presets = SEARCH_PRESETS if presets is None else presets
+  if preset:
+    if preset not in presets:
+      raise ValueError(f"unknown preset {preset!r}; valid presets: "
+                       f"{', '.join(sorted(presets))}")
+    apply_overrides(config, presets[preset])
+    apply_overrides(config, (own or {}).get(preset, {}))
+  config.lock()
   return config
 
 
@@ -189,25 +231,9 @@ def run_config(config: ml_collections.ConfigDict, own_keys: tuple[str, ...],
 
 def check_seeds(seeds) -> tuple[int, ...]:
   """``config.seeds`` as a tuple; ``ConfigError`` unless distinct integers."""
-  from nas_jax import train  # pylint: disable=import-outside-toplevel
   seeds = tuple(seeds)
   if (not seeds or len(set(seeds)) != len(seeds)
       or not all(isinstance(s, int) for s in seeds)):
-    raise train.ConfigError(
+    raise settings.ConfigError(
         f"config seeds must be distinct integers, got {seeds}")
   return seeds
-
-
-def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  return apply_overrides(config, _PAPER)
-
-
-def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  return apply_overrides(config, _SMOKE)
-
-
-PRESETS: dict[str, Callable[[ml_collections.ConfigDict],
-                            ml_collections.ConfigDict]] = {
-    "paper": paper,
-    "smoke": smoke,
-}

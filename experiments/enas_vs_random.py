@@ -20,7 +20,6 @@ and ``--config.report_only=True`` with all seeds merges them (see README).
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -32,17 +31,20 @@ from experiments import common
 from experiments import train_fixed
 from nas_jax import controller
 from nas_jax import data
-from nas_jax import probe
+from nas_jax import evaluation
+from nas_jax import files
+from nas_jax import rundir
 from nas_jax import search_space
+from nas_jax import settings
+from nas_jax import streams
 from nas_jax import train
 from nas_jax.analysis import enas_vs_random as analysis
 
 METHODS = ("enas", "random_ws")
 _OWN_KEYS = ("seeds", "density_cells", "proxy", "report_only")
-_DENSITY_STREAM, _PROXY_STREAM = 11, 12
 
 
-def get_config():
+def get_config(preset: str = ""):
   config = common.search_config()
   # Sized for about an hour on a 2-core CPU with 5 seeds (see README).
   config.train.epochs = 6
@@ -51,18 +53,18 @@ def get_config():
   config.density_cells = 1000  # Per sampler (ENAS controller, uniform).
   config.proxy = ml_collections.ConfigDict({"num_cells": 8, "seed": 0})
   config.report_only = False
-  return config
+  return common.with_preset(config, preset, {"smoke": {"seeds": (0, 1)}})
 
 
 def _check(config):
   seeds = common.check_seeds(config.seeds)
   if config.density_cells < 1:
-    raise train.ConfigError("config density_cells must be >= 1")
+    raise settings.ConfigError("config density_cells must be >= 1")
   if config.proxy.num_cells < 0 or config.proxy.num_cells == 1:
-    raise train.ConfigError(
+    raise settings.ConfigError(
         "config proxy.num_cells must be 0 (skip) or >= 2 (ranks need pairs)")
   if config.search.algorithm != "enas" or config.buffer.variant != "none":
-    raise train.ConfigError(
+    raise settings.ConfigError(
         "config search.algorithm and buffer.variant are set by this "
         "experiment: leave them 'enas' and 'none'")
   return seeds
@@ -83,9 +85,10 @@ def fixed_config(config, arch: str, seed: int):
 
 def _cell_ppl(loaded, cells):
   """Shared-weight ppl of ``cells`` on the first validation window."""
-  valid = data.batchify(loaded.corpus.valid, loaded.config.train.batch_size)
-  return np.asarray(train.window_ppl(loaded.state.shared, jnp.asarray(cells),
-                                     jnp.asarray(valid), setup=loaded.setup))
+  valid = data.batchify(loaded.corpus.valid, loaded.setup.shared.batch_size)
+  return np.asarray(evaluation.window_ppl(
+      loaded.state.shared, jnp.asarray(cells), jnp.asarray(valid),
+      setup=loaded.setup))
 
 
 def density(config, workdir, seed):
@@ -93,8 +96,8 @@ def density(config, workdir, seed):
   path = analysis.density_path(workdir, seed)
   if os.path.exists(path):
     return
-  loaded = probe.load_run(analysis.run_dir(workdir, "enas", seed))
-  key = jax.random.fold_in(jax.random.key(seed), _DENSITY_STREAM)
+  loaded = rundir.load_run(files.run_dir(workdir, "enas", seed))
+  key = jax.random.fold_in(jax.random.key(seed), streams.DENSITY)
   k_ctrl, k_uniform = jax.random.split(key)
   n = config.density_cells
   ctrl_cells = np.asarray(controller.sample(
@@ -105,9 +108,7 @@ def density(config, workdir, seed):
   out = {"controller_cells": ctrl_cells, "uniform_cells": uniform_cells,
          "controller_ppl": _cell_ppl(loaded, ctrl_cells),
          "uniform_ppl": _cell_ppl(loaded, uniform_cells)}
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **out)
-  os.replace(tmp, path)
+  files.write_npz(path, **out)
 
 
 def proxy(config, workdir, seed):
@@ -116,25 +117,22 @@ def proxy(config, workdir, seed):
   path = analysis.proxy_path(workdir)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if not os.path.exists(path):
-    loaded = probe.load_run(analysis.run_dir(workdir, "random_ws", seed))
-    key = jax.random.fold_in(jax.random.key(config.proxy.seed), _PROXY_STREAM)
+    loaded = rundir.load_run(files.run_dir(workdir, "random_ws", seed))
+    key = jax.random.fold_in(jax.random.key(config.proxy.seed), streams.PROXY)
     cells = np.asarray(search_space.sample_uniform(
         key, loaded.setup.model.num_nodes, config.proxy.num_cells))
-    c = loaded.config
-    shared = [train.evaluate_cell(
+    setup = loaded.setup
+    shared = [evaluation.evaluate_cell(
         loaded.state.shared, jnp.asarray(cell), loaded.corpus.valid,
-        config=loaded.setup.model, bptt=c.train.bptt,
-        batch_size=c.eval.batch_size, max_windows=c.eval.max_windows)[0]
-              for cell in cells]
+        config=setup.model, bptt=setup.shared.bptt,
+        batch_size=setup.eval.batch_size,
+        max_windows=setup.eval.max_windows)[0] for cell in cells]
     record = {"supernet": f"random_ws/seed_{seed}",
               "cells": [str(search_space.Architecture.from_tokens(t))
                         for t in cells],
               "shared_valid_ppl": shared}
-    with open(path + ".tmp", "w") as f:
-      json.dump(record, f, indent=1)
-    os.replace(path + ".tmp", path)
-  with open(path) as f:
-    record = json.load(f)
+    files.write_json(path, record, indent=1)
+  record = files.read_json(path)
   for i, arch in enumerate(record["cells"]):
     print(f"enas_vs_random: proxy cell {i + 1}/{len(record['cells'])} from "
           "scratch", flush=True)
@@ -148,21 +146,20 @@ def run(config, workdir):
     corpus = data.load_corpus(config.data.dir,
                               verify=config.data.verify_checksums)
     for method in METHODS:
-      train.make_setup(search_config(config, method, seeds[0]),
-                       corpus.vocab_size)
+      settings.make_setup(search_config(config, method, seeds[0]),
+                          corpus.vocab_size)
     for i, seed in enumerate(seeds):
       for method in METHODS:
         print(f"enas_vs_random: seed {seed} ({i + 1}/{len(seeds)}): "
               f"{method} search", flush=True)
         train.train_and_evaluate(search_config(config, method, seed),
-                                 analysis.run_dir(workdir, method, seed))
+                                 files.run_dir(workdir, method, seed))
       print(f"enas_vs_random: seed {seed}: controller vs uniform cells",
             flush=True)
       density(config, workdir, seed)
       for method in METHODS:
-        with open(os.path.join(analysis.run_dir(workdir, method, seed),
-                               "best_arch.json")) as f:
-          arch = json.load(f)["arch"]
+        arch = files.read_json(os.path.join(
+            files.run_dir(workdir, method, seed), files.BEST_ARCH_FILE))["arch"]
         print(f"enas_vs_random: seed {seed}: {method}'s cell from scratch",
               flush=True)
         train.train_and_evaluate(fixed_config(config, arch, seed),
@@ -171,7 +168,7 @@ def run(config, workdir):
       proxy(config, workdir, seeds[0])
   results = analysis.compare(workdir, seeds)
   analysis.write_outputs(results, workdir)
-  print(f"enas_vs_random: report in {os.path.join(workdir, 'report.md')}",
+  print(f"enas_vs_random: report in {os.path.join(workdir, files.REPORT_FILE)}",
         flush=True)
   print(results["verdict"], flush=True)
   return results

@@ -20,9 +20,12 @@ import time
 import ml_collections
 
 from experiments import common
+from experiments import probe
 from nas_jax import data
-from nas_jax import probe
+from nas_jax import files
+from nas_jax import settings
 from nas_jax import train
+from nas_jax.analysis import buffer_comparison
 
 # Arm -> the buffer settings it sets; other buffer.* keys apply to every
 # buffered arm. "faithful" is the authors' version: their loss and fill policy.
@@ -35,7 +38,7 @@ ARMS = {
 _OWN_KEYS = ("seeds", "arms")
 
 
-def get_config():
+def get_config(preset: str = ""):
   config = common.search_config()
   # Sized for ~40 minutes on a 2-core CPU: 6 seeds x 2 arms x (6 epochs of
   # search + probe), about 3 minutes a run. Six seeds are the fewest with
@@ -47,21 +50,21 @@ def get_config():
   config.derive.every_epochs = 3
   config.seeds = (0, 1, 2, 3, 4, 5)
   config.arms = ("none", "clean")
-  return config
+  return common.with_preset(config, preset, {"smoke": {"seeds": (0, 1)}})
 
 
 def _check(config):
   arms, seeds = tuple(config.arms), common.check_seeds(config.seeds)
   unknown = [a for a in arms if a not in ARMS]
   if unknown:
-    raise train.ConfigError(
+    raise settings.ConfigError(
         f"config arms: unknown {unknown}; valid arms: {sorted(ARMS)}")
   if "none" not in arms or len(arms) < 2 or len(set(arms)) != len(arms):
-    raise train.ConfigError(
+    raise settings.ConfigError(
         f"config arms must list 'none' (the baseline) and at least one of "
         f"'clean', 'faithful', each once; got {arms}")
   if config.buffer.variant != "none":
-    raise train.ConfigError(
+    raise settings.ConfigError(
         "config buffer.variant is set per arm by this experiment: leave it "
         "'none' and choose arms with --config.arms")
   # Ordered: the baseline first.
@@ -76,13 +79,12 @@ def run_config(config: ml_collections.ConfigDict, arm: str, seed: int
 
 
 def run(config, workdir):
-  from nas_jax.analysis import buffer_comparison  # Host-side analysis.
   arms, seeds = _check(config)
   # Every arm's config is checked before the first run starts.
   corpus = data.load_corpus(config.data.dir,
                             verify=config.data.verify_checksums)
   for arm in arms:
-    train.make_setup(run_config(config, arm, seeds[0]), corpus.vocab_size)
+    settings.make_setup(run_config(config, arm, seeds[0]), corpus.vocab_size)
   start = time.perf_counter()
   total, done = len(arms) * len(seeds), 0
   for seed in seeds:
@@ -91,18 +93,18 @@ def run(config, workdir):
       print(f"memory_buffer: run {done}/{total}: arm {arm}, seed {seed}",
             flush=True)
       sub = run_config(config, arm, seed)
-      directory = buffer_comparison.run_dir(workdir, arm, seed)
-      train.train_and_evaluate(sub, directory)
-      if os.path.exists(os.path.join(directory, "results.json")):
+      directory = files.run_dir(workdir, arm, seed)
+      run = train.train_and_evaluate(sub, directory)
+      if os.path.exists(os.path.join(directory, files.RESULTS_FILE)):
         print(f"memory_buffer: probe of {directory} already done", flush=True)
       else:
-        probe.run_probe(sub, directory)
+        probe.run_probe(sub.probe, run, directory)
   runs = buffer_comparison.collect(workdir, arms, seeds)
   results = buffer_comparison.compare(runs, arms, seeds,
                                       seed=config.probe.seed)
   results["timing"] = {"total_seconds": time.perf_counter() - start}
   buffer_comparison.write_outputs(results, workdir)
-  print(f"memory_buffer: report in {os.path.join(workdir, 'report.md')}",
+  print(f"memory_buffer: report in {os.path.join(workdir, files.REPORT_FILE)}",
         flush=True)
   for arm in arms[1:]:
     print(f"{arm}: {results['comparisons'][arm]['verdict']}", flush=True)

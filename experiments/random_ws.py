@@ -9,10 +9,12 @@ derive phase keeps the best of ``derive.num_cells`` random cells.
 from experiments import common
 from nas_jax import train
 
-run = train.train_and_evaluate
+
+def run(config, workdir):
+  return train.train_and_evaluate(config, workdir).best
 
 
-def get_config():
+def get_config(preset: str = ""):
   config = common.search_config()
   config.search.algorithm = "random_ws"
-  return config
+  return common.with_preset(config, preset)

@@ -6,5 +6,5 @@ from experiments import enas_probe
 run = enas_probe.run
 
 
-def get_config():
-  return common.smoke(enas_probe.get_config())
+def get_config(preset: str = ""):
+  return common.with_preset(enas_probe.get_config("smoke"), preset)

@@ -19,7 +19,9 @@ import os
 import ml_collections
 
 from experiments import common
+from nas_jax import files
 from nas_jax import search_space
+from nas_jax import settings
 from nas_jax import train
 
 # Keys of this experiment only: not part of the run's config.
@@ -27,8 +29,8 @@ _OWN_KEYS = ("arch",)
 
 # One cell: nothing to sample at a derive (the presets set 100 and 8).
 ONE_CELL = {"derive.num_cells": 1, "derive.chunk_size": 1}
-# Applied after the common preset of the same name.
-PRESET_OVERRIDES = {
+# This experiment's adjustments, applied after the common preset.
+OWN_PRESETS = {
     "smoke": ONE_CELL,
     "paper": {
         **ONE_CELL,
@@ -41,35 +43,35 @@ PRESET_OVERRIDES = {
 }
 
 
-def get_config():
+def get_config(preset: str = ""):
   config = common.search_config()
   config.search.algorithm = "fixed"
   common.apply_overrides(config, ONE_CELL)
   config.search.arch = ""  # Set by run_config from ``arch``.
   config.derive.every_epochs = 5
   config.arch = ""  # Tokens, or the path of a best_arch.json.
-  return config
+  return common.with_preset(config, preset, OWN_PRESETS)
 
 
 def resolve_arch(arch: str) -> str:
   """``arch`` (tokens or a ``best_arch.json`` path) as a token string."""
   if not arch:
-    raise train.ConfigError(
+    raise settings.ConfigError(
         "config arch: give the cell to train, as tokens "
         "(--config.arch='0 0 3 1 2 1 3') or the path of a best_arch.json")
   if arch.endswith(".json") or os.path.isfile(arch):
     if not os.path.isfile(arch):
-      raise train.ConfigError(f"config arch: no file {arch!r}")
+      raise settings.ConfigError(f"config arch: no file {arch!r}")
     with open(arch) as f:
       try:
         cell = search_space.Architecture.from_json(f.read())
       except ValueError as e:
-        raise train.ConfigError(f"config arch: {arch!r}: {e}")
+        raise settings.ConfigError(f"config arch: {arch!r}: {e}")
     return str(cell)
   try:
     return str(search_space.Architecture.from_tokens(arch))
   except ValueError as e:
-    raise train.ConfigError(f"config arch: {e}")
+    raise settings.ConfigError(f"config arch: {e}")
 
 
 def fixed_config(config: ml_collections.ConfigDict, arch: str,
@@ -91,8 +93,8 @@ def run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def run(config, workdir):
-  best = train.train_and_evaluate(run_config(config), workdir)
+  best = train.train_and_evaluate(run_config(config), workdir).best
   print(f"train_fixed: cell {best['arch']}: valid ppl "
         f"{best['valid_ppl']:.2f}, test ppl {best.get('test_ppl', float('nan')):.2f}"
-        f" (in {os.path.join(workdir, 'best_arch.json')})", flush=True)
+        f" (in {os.path.join(workdir, files.BEST_ARCH_FILE)})", flush=True)
   return best

@@ -13,7 +13,8 @@ its vocabulary is exactly 10,000 and valid/test stay inside it.
 
 Batches follow the PyTorch/ENAS convention: the id stream is cut into ``B``
 contiguous columns (``batchify``), and a BPTT window at row ``position`` gives
-``inputs = data[position : position + T]`` and the targets one row later.
+``inputs = data[position : position + T]`` and the targets one row later
+(:func:`window`, the one implementation every part of the code uses).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Iterator, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 EOS = "<eos>"
@@ -209,56 +211,49 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
       ids[:rows * batch_size].reshape(batch_size, rows).T.astype(np.int32))
 
 
-class Batch(NamedTuple):
-  inputs: np.ndarray  # int32[T, B]
-  targets: np.ndarray  # int32[T, B]
-  position: int  # row of ``inputs[0]`` in the batchified data
+def window(data_2d, pos, bptt: int):
+  """``(inputs, targets)``, each ``[T, B]``: rows ``pos .. pos + T - 1`` of
+  ``data_2d [L, B]`` and the rows one later.
 
-
-def num_windows(data: np.ndarray, bptt: int, *, drop_last: bool = False) -> int:
-  """How many BPTT windows ``iterate_bptt`` yields from row 0."""
-  if bptt < 1:
-    raise ValueError(f"bptt must be >= 1, got {bptt}")
-  usable = data.shape[0] - 1
-  return usable // bptt if drop_last else -(-usable // bptt)
-
-
-def get_batch(data: np.ndarray, position: int, bptt: int) -> Batch:
-  """The BPTT window starting at row ``position`` (shorter at the end)."""
-  rows = data.shape[0]
-  if not 0 <= position < rows - 1:
-    raise ValueError(
-        f"position {position} out of range: data has {rows} rows, so windows "
-        f"start at 0..{rows - 2}")
-  length = min(bptt, rows - 1 - position)
-  return Batch(inputs=data[position:position + length],
-               targets=data[position + 1:position + 1 + length],
-               position=position)
-
-
-def iterate_bptt(data: np.ndarray, bptt: int, *, start: int = 0,
-                 drop_last: bool = False) -> Iterator[Batch]:
-  """Yields consecutive BPTT windows of ``data[L, B]`` from row ``start``.
-
-  Deterministic: the windows start at ``start, start + T, ...``. With
-  ``drop_last`` a final window shorter than ``bptt`` is skipped (fixed shapes
-  for jitted training); without it the tail is yielded so that every target is
-  seen once (exact evaluation). Resume by passing the ``position`` after the
-  last consumed batch (``batch.position + len(batch.inputs)``).
+  The one BPTT window of the codebase (training, controller rewards, exact
+  evaluation, the probe). Its shape is fixed, so one compiled program serves
+  every window, and ``pos`` may be traced. The caller keeps
+  ``pos + bptt + 1 <= L``: training pointers wrap with :func:`next_position`,
+  evaluation pads with :func:`pad_rows` and masks the rows past
+  :func:`windows`' lengths (``dynamic_slice`` would otherwise clamp ``pos``).
   """
-  # Arguments are checked here, at the call, not at the first next().
+  block = jax.lax.dynamic_slice_in_dim(jnp.asarray(data_2d), pos, bptt + 1,
+                                       axis=0)
+  return block[:-1], block[1:]
+
+
+def next_position(pos, bptt: int, rows: int):
+  """The start after the window at ``pos``: ``pos + bptt``, or 0 once a full
+  window no longer fits in ``rows`` rows (train and reward pointers wrap)."""
+  pos = pos + bptt
+  return jnp.where(pos + bptt + 1 > rows, 0, pos)
+
+
+def windows(rows: int, bptt: int, max_windows: int = 0
+            ) -> list[tuple[int, int]]:
+  """``(start, length)`` of the consecutive windows over ``rows`` rows that
+  see every target row once (exact evaluation): starts ``0, T, 2T, ...``,
+  the last window shorter when ``rows - 1`` is not a multiple of ``T``.
+  ``max_windows > 0`` keeps only the first ones.
+  """
   if bptt < 1:
     raise ValueError(f"bptt must be >= 1, got {bptt}")
-  rows = data.shape[0]
-  if not 0 <= start <= rows - 1:
-    raise ValueError(f"start {start} out of range 0..{rows - 1}")
-  return _windows(data, bptt, start, drop_last)
+  if rows < 2:
+    raise ValueError(f"{rows} rows hold no target row: need at least 2")
+  targets = rows - 1
+  if max_windows > 0:
+    targets = min(targets, max_windows * bptt)
+  return [(start, min(bptt, targets - start))
+          for start in range(0, targets, bptt)]
 
 
-def _windows(data, bptt, position, drop_last):
-  while position < data.shape[0] - 1:
-    batch = get_batch(data, position, bptt)
-    if drop_last and batch.inputs.shape[0] < bptt:
-      return
-    yield batch
-    position += batch.inputs.shape[0]
+def pad_rows(data_2d: np.ndarray, bptt: int) -> np.ndarray:
+  """``data_2d`` with ``bptt`` zero rows appended, so that the :func:`window`
+  of every start in :func:`windows` fits (the padded targets are masked)."""
+  pad = np.zeros((bptt, data_2d.shape[1]), data_2d.dtype)
+  return np.concatenate([data_2d, pad])

@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
-LOG_FILES = ("metrics.jsonl", "archs.jsonl", "derived.jsonl")
-BEST_ARCH_FILE = "best_arch.json"
+from nas_jax import files
 
 
 def is_timing(key: str) -> bool:
@@ -83,7 +82,7 @@ class RunWriter:
 
   def truncate(self, offsets: dict[str, int]) -> None:
     """Cuts each log back to ``offsets[name]`` bytes (0 when absent)."""
-    for name in LOG_FILES:
+    for name in files.LOG_FILES:
       path = self._path(name)
       if os.path.exists(path):
         with open(path, "r+b") as f:
@@ -93,7 +92,8 @@ class RunWriter:
   def _tensorboard(self):
     if self._tb is None:
       from tensorboardX import SummaryWriter  # Heavy import, only when used.
-      self._tb = SummaryWriter(self._path("tb"), flush_secs=30)
+      self._tb = SummaryWriter(self._path(files.TENSORBOARD_DIR),
+                               flush_secs=30)
     return self._tb
 
   def _line(self, name: str, record: dict) -> None:
@@ -105,7 +105,7 @@ class RunWriter:
     record = {"epoch": epoch, counter: step}
     record.update({k: _finite_or_none(v) for k, v in values.items()})
     record["time"] = time.time()
-    self._line("metrics.jsonl", record)
+    self._line(files.METRICS_FILE, record)
     tb = self._tensorboard()
     for k, v in values.items():
       tb.add_scalar(k, v, global_step=step)
@@ -114,25 +114,19 @@ class RunWriter:
   def archs(self, step: int, epoch: int, cells: np.ndarray,
             rewards: np.ndarray, ppl: np.ndarray) -> None:
     for cell, reward, p in zip(cells, rewards, ppl):
-      self._line("archs.jsonl", {
+      self._line(files.ARCHS_FILE, {
           "ctrl_step": step, "epoch": epoch, "tokens": cell.tolist(),
           "reward": _finite_or_none(float(reward)),
           "ppl": _finite_or_none(float(p))})
 
   def derived(self, epoch: int, cells: np.ndarray, ppl: np.ndarray,
               best: int) -> None:
-    self._line("derived.jsonl", {
+    self._line(files.DERIVED_FILE, {
         "epoch": epoch, "best": best, "cells": cells.tolist(),
         "ppl": [_finite_or_none(float(p)) for p in ppl]})
 
   def best_arch(self, record: dict) -> None:
-    path = self._path(BEST_ARCH_FILE)
-    with open(path + ".tmp", "w") as f:
-      json.dump(record, f, allow_nan=False)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    files.write_json(self._path(files.BEST_ARCH_FILE), record, allow_nan=False)
 
   def flush(self) -> None:
     for f in self._files.values():
@@ -144,7 +138,7 @@ class RunWriter:
   def offsets(self) -> dict[str, int]:
     """Sizes of the logs, after a flush (what a checkpoint records)."""
     self.flush()
-    return {name: os.path.getsize(self._path(name)) for name in LOG_FILES}
+    return {name: os.path.getsize(self._path(name)) for name in files.LOG_FILES}
 
   def close(self) -> None:
     for f in self._files.values():

@@ -12,13 +12,17 @@ import pytest
 import experiments
 from experiments import common
 from nas_jax import buffer
-from nas_jax import checkpointing
 from nas_jax import controller
 from nas_jax import metrics
+from nas_jax import rundir
 from nas_jax import search_space
+from nas_jax import settings
+from nas_jax import steps
 from nas_jax import train
 
-VOCAB = 50
+from conftest import TOY_VOCAB
+
+VOCAB = TOY_VOCAB
 CTRL = controller.ControllerConfig(num_nodes=4, hidden_size=16)
 L = CTRL.num_steps
 
@@ -220,20 +224,14 @@ def _config(**overrides):
   return common.apply_overrides(experiments.get_config("smoke")[1], overrides)
 
 
-@pytest.fixture(scope="module")
-def toy_data():
-  rng = np.random.default_rng(0)
-  return jnp.asarray(rng.integers(0, VOCAB, (30, 8), dtype=np.int32))
-
-
-def _controller_steps(config, toy_data, steps):
-  """Runs ``steps`` controller steps, ending epochs as the loop does."""
-  setup = train.make_setup(config, VOCAB)
-  state = train.init_state(config, setup)
+def _controller_steps(config, toy_data, num_steps):
+  """Runs ``num_steps`` controller steps, ending epochs as the loop does."""
+  setup = settings.make_setup(config, VOCAB)
+  state = steps.init_state(setup, config.seed)
   per_epoch = config.controller.steps_per_epoch
   logs = []
-  for i in range(steps):
-    state, m = train.controller_step(state, toy_data, setup=setup)
+  for i in range(num_steps):
+    state, m = steps.controller_step(state, toy_data, setup=setup)
     logs.append(jax.device_get(m))
     if (i + 1) % per_epoch == 0:
       state = state._replace(epoch=state.epoch + 1)
@@ -242,11 +240,11 @@ def _controller_steps(config, toy_data, steps):
 
 def test_weight_zero_is_plain_enas(toy_data):
   """Buffer on with lambda 0: the same controller, baseline and rewards."""
-  steps = 9  # Epochs 0-2: storing from epoch 0, replaying from epoch 1.
-  plain, plain_logs = _controller_steps(_config(), toy_data, steps)
+  num_steps = 9  # Epochs 0-2: storing from epoch 0, replaying from epoch 1.
+  plain, plain_logs = _controller_steps(_config(), toy_data, num_steps)
   zero, zero_logs = _controller_steps(
       _config(**{"buffer.variant": "clean", "buffer.weight": 0.0}), toy_data,
-      steps)
+      num_steps)
   assert int(zero.buffer.size) == 3 * 16  # It did store and sample.
   assert float(zero_logs[-1]["replay_loss"]) > 0
   chex.assert_trees_all_close(zero.ctrl, plain.ctrl, rtol=1e-6, atol=1e-7)
@@ -257,7 +255,7 @@ def test_weight_zero_is_plain_enas(toy_data):
     np.testing.assert_allclose(a["reward"], b["reward"], rtol=1e-6)
   # With weight 1 the replay loss does move the controller.
   one, _ = _controller_steps(_config(**{"buffer.variant": "clean"}), toy_data,
-                             steps)
+                             num_steps)
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
                        one.ctrl, plain.ctrl)
   assert max(jax.tree.leaves(moved)) > 1e-5
@@ -279,21 +277,21 @@ def test_store_schedule_and_policy(toy_data):
 
 
 def test_bad_buffer_settings_name_the_key():
-  with pytest.raises(train.ConfigError, match="buffer.variant"):
-    train.make_setup(_config(**{"buffer.variant": "yes"}), VOCAB)
-  with pytest.raises(train.ConfigError, match="config buffer"):
-    train.make_setup(_config(**{"buffer.variant": "clean",
+  with pytest.raises(settings.ConfigError, match="buffer.variant"):
+    settings.make_setup(_config(**{"buffer.variant": "yes"}), VOCAB)
+  with pytest.raises(settings.ConfigError, match="config buffer"):
+    settings.make_setup(_config(**{"buffer.variant": "clean",
                                 "buffer.replay_samples": 100}), VOCAB)
-  with pytest.raises(train.ConfigError, match="random_ws"):
-    train.make_setup(_config(**{"buffer.variant": "clean",
+  with pytest.raises(settings.ConfigError, match="random_ws"):
+    settings.make_setup(_config(**{"buffer.variant": "clean",
                                 "search.algorithm": "random_ws"}), VOCAB)
 
 
 def _final_buffer(workdir, config):
-  setup = train.make_setup(config, 10_000)
-  run = checkpointing.RunDirectory(workdir, config)
+  setup = settings.make_setup(config, 10_000)
+  run = rundir.RunDirectory(workdir, config)
   try:
-    state, _ = run.restore(train.init_state(config, setup))
+    state, _ = run.restore(steps.init_state(setup, config.seed))
   finally:
     run.close()
   return jax.device_get(state.buffer)
@@ -318,7 +316,7 @@ def test_interrupted_run_resumes_with_the_same_buffer(tmp_path, monkeypatch):
   assert [r["buffer/size"] for r in records if "buffer/size" in r] == [
       16, 16, 32, 32]
 
-  real_step = train.controller_step
+  real_step = steps.controller_step
   workdir = str(tmp_path / "interrupted")
   # 4 controller steps per epoch, a checkpoint every 2. The first stop
   # (6th call: epoch 1, second step) resumes from the end of epoch 0, before
@@ -334,11 +332,11 @@ def test_interrupted_run_resumes_with_the_same_buffer(tmp_path, monkeypatch):
         raise KeyboardInterrupt
       return real_step(state, valid_data, setup=setup)
 
-    monkeypatch.setattr(train, "controller_step", interrupted)
+    monkeypatch.setattr(steps, "controller_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
       train.train_and_evaluate(config, workdir)
     assert int(_final_buffer(workdir, config).size) == size
-  monkeypatch.setattr(train, "controller_step", real_step)
+  monkeypatch.setattr(steps, "controller_step", real_step)
   train.train_and_evaluate(config, workdir)
   chex.assert_trees_all_equal(_final_buffer(workdir, config),
                               _final_buffer(reference, config))

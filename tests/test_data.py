@@ -4,6 +4,8 @@ import os
 import shutil
 import stat
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -61,11 +63,6 @@ def _write_splits(directory, train, valid, test):
   for name, text in (("train", train), ("valid", valid), ("test", test)):
     (directory / f"{name}.txt").write_text(text, encoding="utf-8")
   return directory
-
-
-def _batch_key(batch):
-  """A hashable, comparable form of a Batch."""
-  return (batch.position, batch.inputs.tolist(), batch.targets.tolist())
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +282,7 @@ def test_batchify_too_few_tokens_raises():
 
 
 # ---------------------------------------------------------------------------
-# BPTT windows: get_batch, iterate_bptt, num_windows.
+# BPTT windows: window, windows, next_position, pad_rows.
 # ---------------------------------------------------------------------------
 
 _ROWS = 11  # 10 usable target rows.
@@ -297,82 +294,73 @@ def batched():
   return data.batchify(np.arange(_ROWS * 3) + 7, 3)
 
 
+def _eval_windows(batched, bptt, max_windows=0):
+  """``(start, inputs, targets)`` of the exact-evaluation windows, cut to
+  their lengths (the padded rows dropped)."""
+  padded = data.pad_rows(batched, bptt)
+  out = []
+  for start, n in data.windows(batched.shape[0], bptt, max_windows):
+    inputs, targets = data.window(padded, start, bptt)
+    out.append((start, np.asarray(inputs)[:n], np.asarray(targets)[:n]))
+  return out
+
+
 def test_targets_are_inputs_shifted_by_one_row(batched):
   """Each window's targets are the rows right after its inputs."""
-  for batch in data.iterate_bptt(batched, 3):
-    n = batch.inputs.shape[0]
-    np.testing.assert_array_equal(
-        batch.inputs, batched[batch.position:batch.position + n])
-    np.testing.assert_array_equal(
-        batch.targets, batched[batch.position + 1:batch.position + 1 + n])
+  for start, inputs, targets in _eval_windows(batched, 3):
+    n = inputs.shape[0]
+    np.testing.assert_array_equal(inputs, batched[start:start + n])
+    np.testing.assert_array_equal(targets, batched[start + 1:start + 1 + n])
 
 
 def test_windows_cover_every_target_row_once(batched):
-  """Without drop_last, windows are contiguous and cover all target rows once."""
-  batches = list(data.iterate_bptt(batched, 3))
-  assert [b.position for b in batches] == [0, 3, 6, 9]
-  assert [b.inputs.shape[0] for b in batches] == [3, 3, 3, 1]
-  targets = np.concatenate([b.targets for b in batches])
+  """Evaluation windows are contiguous and cover all target rows once."""
+  spans = data.windows(batched.shape[0], 3)
+  assert [s for s, _ in spans] == [0, 3, 6, 9]
+  assert [n for _, n in spans] == [3, 3, 3, 1]
+  targets = np.concatenate([t for _, _, t in _eval_windows(batched, 3)])
   np.testing.assert_array_equal(targets, batched[1:])
 
 
-def test_drop_last_yields_only_full_windows(batched):
-  """With drop_last=True, only full-length windows are yielded."""
-  batches = list(data.iterate_bptt(batched, 3, drop_last=True))
-  assert [b.position for b in batches] == [0, 3, 6]
-  assert all(b.inputs.shape == (3, 3) for b in batches)
-  assert all(b.targets.shape == (3, 3) for b in batches)
+def test_max_windows_keeps_the_first_windows(batched):
+  """``max_windows`` keeps the first windows only; 0 keeps them all."""
+  assert data.windows(batched.shape[0], 3, max_windows=2) == [(0, 3), (3, 3)]
+  assert data.windows(batched.shape[0], 3, max_windows=9) == data.windows(
+      batched.shape[0], 3)
 
 
-@pytest.mark.parametrize("index", [0, 1, 2, 3])
-def test_resume_from_boundary_gives_suffix(batched, index):
-  """Starting at a window boundary yields exactly the remaining windows."""
-  full = [_batch_key(b) for b in data.iterate_bptt(batched, 3)]
-  start = full[index][0]
-  resumed = [_batch_key(b) for b in data.iterate_bptt(batched, 3, start=start)]
-  assert resumed == full[index:]
+def test_window_has_a_fixed_shape_and_a_traced_position(batched):
+  """The same window from a host int and from a traced position under jit."""
+  host = data.window(batched, 4, 3)
+  traced = jax.jit(lambda pos: data.window(batched, pos, 3))(jnp.int32(4))
+  for a, b in zip(host, traced):
+    assert a.shape == (3, 3)
+    np.testing.assert_array_equal(a, b)
 
 
-def test_iteration_is_deterministic(batched):
-  """Two iterations over the same data give identical batches."""
-  first = [_batch_key(b) for b in data.iterate_bptt(batched, 4)]
-  second = [_batch_key(b) for b in data.iterate_bptt(batched, 4)]
-  assert first == second
+def test_next_position_wraps_when_a_full_window_no_longer_fits():
+  """11 rows, bptt 3: starts 0, 3, 6; 9 + 4 > 11 wraps to 0."""
+  positions = [0]
+  for _ in range(4):
+    positions.append(int(data.next_position(positions[-1], 3, _ROWS)))
+  assert positions == [0, 3, 6, 0, 3]
 
 
-@pytest.mark.parametrize("start", [-1, _ROWS])
-def test_iterate_out_of_range_start_raises(batched, start):
-  """A start outside 0..rows-1 raises ValueError at the call, not later."""
-  with pytest.raises(ValueError, match="out of range"):
-    data.iterate_bptt(batched, 3, start=start)
-
-
-@pytest.mark.parametrize("position", [-1, _ROWS - 1, _ROWS])
-def test_get_batch_out_of_range_position_raises(batched, position):
-  """get_batch rejects positions with no target row (outside 0..rows-2)."""
-  with pytest.raises(ValueError, match="out of range"):
-    data.get_batch(batched, position, 3)
-
-
-@pytest.mark.parametrize("bptt", [1, 3, 5, 10, 20])
-@pytest.mark.parametrize("drop_last", [False, True])
-def test_num_windows_matches_iteration(batched, bptt, drop_last):
-  """num_windows equals the number of batches iterate_bptt yields from 0."""
-  count = sum(1 for _ in data.iterate_bptt(batched, bptt, drop_last=drop_last))
-  assert data.num_windows(batched, bptt, drop_last=drop_last) == count
+def test_pad_rows_appends_bptt_zero_rows(batched):
+  padded = data.pad_rows(batched, 4)
+  assert padded.shape == (_ROWS + 4, 3) and padded.dtype == batched.dtype
+  np.testing.assert_array_equal(padded[:_ROWS], batched)
+  assert not padded[_ROWS:].any()
 
 
 @pytest.mark.parametrize("bptt", [0, -1])
-def test_bad_bptt_raises_at_the_call(bptt):
-  """num_windows and iterate_bptt reject bptt < 1 when called, not later."""
-  ids = np.zeros((10, 2), np.int32)
+def test_bad_bptt_raises(bptt):
+  """windows rejects bptt < 1."""
   with pytest.raises(ValueError, match="bptt"):
-    data.num_windows(ids, bptt)
-  with pytest.raises(ValueError, match="bptt"):
-    data.iterate_bptt(ids, bptt)
+    data.windows(10, bptt)
 
 
-def test_bad_start_raises_at_the_call():
-  """iterate_bptt checks start when called, before the first next()."""
-  with pytest.raises(ValueError, match="start"):
-    data.iterate_bptt(np.zeros((10, 2), np.int32), 3, start=50)
+def test_too_few_rows_raise():
+  """One row holds no target: windows refuses it."""
+  with pytest.raises(ValueError, match="rows"):
+    data.windows(1, 3)

@@ -10,7 +10,7 @@ import pytest
 import experiments
 from experiments import common
 from experiments import enas_vs_random
-from nas_jax import train
+from nas_jax import settings
 
 
 def _config(**values):
@@ -27,7 +27,7 @@ def _config(**values):
     ({"search.algorithm": "random_ws"}, "search.algorithm"),
 ])
 def test_bad_config_is_a_config_error(values, message):
-  with pytest.raises(train.ConfigError, match=message):
+  with pytest.raises(settings.ConfigError, match=message):
     enas_vs_random.run(_config(**values), "/nonexistent/never-created")
 
 

@@ -7,8 +7,8 @@ import pytest
 
 import experiments
 from experiments import common
-from nas_jax import checkpointing
-from nas_jax import train
+from nas_jax import rundir
+from nas_jax import settings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ("enas_probe", "enas_vs_random", "memory_buffer", "probe", "random_ws",
@@ -20,7 +20,7 @@ PTB_VOCAB = 10000
 
 
 def _flat(spec):
-  return checkpointing.flatten(experiments.get_config(spec)[1].to_dict())
+  return rundir.flatten(experiments.get_config(spec)[1].to_dict())
 
 
 def test_registry_names():
@@ -106,7 +106,7 @@ def test_random_ws_differs_from_enas_probe_only_in_algorithm(preset):
   enas, rs = _flat("enas_probe" + preset), _flat("random_ws" + preset)
   assert enas["search.algorithm"] == "enas"
   assert rs["search.algorithm"] == "random_ws"
-  assert checkpointing.config_differences(enas, rs) == [
+  assert rundir.config_differences(enas, rs) == [
       'search.algorithm: "enas" -> "random_ws"']
 
 
@@ -129,47 +129,6 @@ def test_default_data_dir_is_bundled_ptb():
     assert os.path.isfile(os.path.join(config.data.dir, split))
 
 
-@pytest.mark.parametrize("spec", SPECS)
-def test_make_setup_accepts_every_registered_config(spec):
-  """Every registered config passes make_setup's checks."""
-  config = experiments.get_config(spec)[1]
-  setup = train.make_setup(config, vocab_size=PTB_VOCAB)
-  assert setup.algorithm == config.search.algorithm
-  assert setup.model.hidden_size == config.model.hidden_size
-  assert setup.derive_cells == config.derive.num_cells
-
-
-def _set(config, dotted, value):
-  *path, last = dotted.split(".")
-  for part in path:
-    config = config[part]
-  config[last] = value
-
-
-@pytest.mark.parametrize("overrides, key", [
-    ({"search.algorithm": "darts"}, "search.algorithm"),
-    ({"checkpoint_every": 15, "log_every": 10}, "checkpoint_every"),
-    ({"derive.num_cells": 10, "derive.chunk_size": 4}, "derive.num_cells"),
-    ({"train.epochs": 0}, "train.epochs"),
-    ({"search.random_sampler": "grid"}, "search.random_sampler"),
-    ({"train.optimizer": "rmsprop"}, "train.optimizer"),
-    ({"controller.steps_per_epoch": -1}, "controller.steps_per_epoch"),
-])
-def test_make_setup_rejects_bad_values_naming_the_key(overrides, key):
-  """An invalid value raises ConfigError whose message names the key."""
-  config = experiments.get_config("smoke")[1]
-  for dotted, value in overrides.items():
-    _set(config, dotted, value)
-  with pytest.raises(train.ConfigError) as info:
-    train.make_setup(config, vocab_size=PTB_VOCAB)
-  assert key in str(info.value)
-
-
-def test_config_error_is_a_value_error():
-  """Callers catching ValueError also catch a config error."""
-  assert issubclass(train.ConfigError, ValueError)
-
-
 @pytest.mark.parametrize("preset", (None, "paper", "smoke"))
 def test_probe_config_takes_every_preset(preset):
   """The probe experiment's config has run_dir and probe settings per preset."""
@@ -181,3 +140,39 @@ def test_probe_config_takes_every_preset(preset):
   # The search configs carry the same probe section.
   search = experiments.get_config(spec.replace("probe", "enas_probe", 1))[1]
   assert search.probe.to_dict() == config.probe.to_dict()
+
+
+@pytest.mark.parametrize("values, named", [
+    ({"train.epochz": 3}, "'train.epochz': train has no 'epochz'"),
+    ({"trian.epochs": 3}, "'trian.epochs': the config has no 'trian'"),
+    ({"train.lr.value": 3}, "'train.lr.value': train.lr has no 'value'"),
+])
+def test_a_preset_with_an_unknown_key_or_section_raises_naming_it(
+    monkeypatch, values, named):
+  """A misspelt key or section in a preset is an error, never a new key."""
+  monkeypatch.setitem(common.SEARCH_PRESETS, "typo", values)
+  with pytest.raises(settings.ConfigError) as info:
+    experiments.get_config("enas_probe:typo")
+  assert named in str(info.value)
+
+
+def test_resolved_configs_are_locked():
+  """No key can be added to a resolved config; existing ones can be set."""
+  config = experiments.get_config("enas_probe")[1]
+  config.train.epochs = 3
+  with pytest.raises(AttributeError):
+    config.train.epochz = 3
+
+
+def test_only_multi_seed_experiments_have_seeds():
+  """The smoke preset's seed list belongs to the experiments that run seeds."""
+  for name in ("enas_probe", "random_ws", "train_fixed", "smoke"):
+    assert "seeds" not in experiments.get_config(
+        name if name == "smoke" else f"{name}:smoke")[1]
+  for name in ("memory_buffer", "enas_vs_random"):
+    assert tuple(experiments.get_config(f"{name}:smoke")[1].seeds) == (0, 1)
+
+
+def test_unknown_preset_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="valid presets: paper, smoke"):
+    experiments.get_config("enas_probe:papr")

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 import experiments
-from nas_jax import checkpointing
+from nas_jax import files
+from nas_jax import rundir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PTB_DIR = os.path.join(REPO_ROOT, "data", "ptb")
@@ -107,8 +108,8 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   workdir = tmp_path / "run"
   config = experiments.get_config("smoke")[1]
   assert config.train.lr == 20.0
-  assert checkpointing.bind_config(str(workdir), config)
-  config_path = workdir / checkpointing.CONFIG_FILE
+  assert rundir.bind_config(str(workdir), config)
+  config_path = workdir / files.CONFIG_FILE
   before = config_path.read_text()
 
   proc = _launch("--experiment=smoke", "--config.train.lr=1.0",
@@ -117,7 +118,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   # The directory is left as it was: same config, no checkpoints or logs.
   assert config_path.read_text() == before
   assert sorted(p.name for p in workdir.iterdir()) == [
-      checkpointing.CONFIG_FILE]
+      files.CONFIG_FILE]
 
 
 def test_help_after_experiment_exits_zero():

@@ -10,7 +10,8 @@ import pytest
 import experiments
 from experiments import common
 from experiments import memory_buffer
-from nas_jax import train
+from nas_jax import files
+from nas_jax import settings
 from nas_jax.analysis import buffer_comparison
 
 PTB_VOCAB = 10000
@@ -41,7 +42,7 @@ def test_run_config_sets_seed_and_arm_and_passes_make_setup(preset, arm):
   assert sub.seed == 7
   assert "seeds" not in sub and "arms" not in sub
   assert sub.buffer.variant == arm
-  setup = train.make_setup(sub, vocab_size=PTB_VOCAB)
+  setup = settings.make_setup(sub, vocab_size=PTB_VOCAB)
   assert setup.buffer.variant == arm
   assert setup.buffer.policy == ("authors" if arm == "faithful"
                                  else config.buffer.policy)
@@ -76,7 +77,7 @@ def test_paper_preset_uses_the_authors_schedule():
 def test_bad_experiment_config_is_a_config_error(overrides, message):
   """Bad arms, seeds or a global buffer variant fail before any run starts."""
   config = common.apply_overrides(_config("smoke"), overrides)
-  with pytest.raises(train.ConfigError, match=message):
+  with pytest.raises(settings.ConfigError, match=message):
     memory_buffer.run(config, "/nonexistent/never-created")
 
 
@@ -154,17 +155,17 @@ def test_tiny_experiment_end_to_end(tmp_path):
   workdir = str(tmp_path / "mb")
   results = memory_buffer.run(config, workdir)
   for arm in ("none", "clean"):
-    d = buffer_comparison.run_dir(workdir, arm, 0)
+    d = files.run_dir(workdir, arm, 0)
     assert os.path.isfile(os.path.join(d, "results.json"))
     assert os.path.isfile(os.path.join(d, "best_arch.json"))
   # The buffered run logged its buffer and replay loss; the baseline did not.
-  with open(os.path.join(buffer_comparison.run_dir(workdir, "clean", 0),
+  with open(os.path.join(files.run_dir(workdir, "clean", 0),
                          "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   sizes = [r["buffer/size"] for r in rows if "buffer/size" in r]
   assert sizes and max(sizes) == config.buffer.store_per_epoch * 2
   assert any(r.get("ctrl/replay_weight") == 1.0 for r in rows)
-  with open(os.path.join(buffer_comparison.run_dir(workdir, "none", 0),
+  with open(os.path.join(files.run_dir(workdir, "none", 0),
                          "metrics.jsonl")) as f:
     assert not any("buffer/size" in json.loads(line) for line in f)
   for name in ("report.md", "results.json",

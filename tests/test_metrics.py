@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from nas_jax import files
 from nas_jax import metrics
 
 
@@ -17,7 +18,7 @@ def _read_lines(path):
 
 def _read_bytes(workdir):
   out = {}
-  for name in metrics.LOG_FILES:
+  for name in files.LOG_FILES:
     with open(os.path.join(workdir, name), "rb") as f:
       out[name] = f.read()
   return out
@@ -41,9 +42,9 @@ def _write_some(writer, step):
 
 def test_truncate_creates_the_log_files(tmp_path, writer):
   """A new run starts with all three (empty) JSON-lines files."""
-  for name in metrics.LOG_FILES:
+  for name in files.LOG_FILES:
     assert os.path.getsize(tmp_path / name) == 0
-  assert writer.offsets() == {name: 0 for name in metrics.LOG_FILES}
+  assert writer.offsets() == {name: 0 for name in files.LOG_FILES}
 
 
 def test_metrics_writes_one_json_line_per_call(tmp_path, writer):
@@ -69,7 +70,7 @@ def test_non_finite_values_become_null(tmp_path, writer):
   writer.derived(0, np.array([[0, 1], [1, 0]]),
                  np.array([-np.inf, 70.0]), 1)
   writer.flush()
-  for name in metrics.LOG_FILES:
+  for name in files.LOG_FILES:
     text = (tmp_path / name).read_text()
     assert "NaN" not in text and "Infinity" not in text
   (record,) = _read_lines(tmp_path / "metrics.jsonl")
@@ -144,10 +145,10 @@ def test_best_arch_writes_json_atomically(tmp_path, writer):
   record = {"arch": "x", "tokens": [0, 1, 2], "valid_ppl": 81.5,
             "test_ppl": 78.25}
   writer.best_arch(record)
-  path = tmp_path / metrics.BEST_ARCH_FILE
+  path = tmp_path / files.BEST_ARCH_FILE
   assert json.loads(path.read_text()) == record
   assert sorted(p.name for p in tmp_path.glob("best_arch*")) == [
-      metrics.BEST_ARCH_FILE]
+      files.BEST_ARCH_FILE]
 
 
 @pytest.mark.parametrize("key, expected", [

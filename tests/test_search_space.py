@@ -12,6 +12,8 @@ from scipy import stats
 
 from nas_jax import search_space as ss
 
+from conftest import random_tokens as _random_tokens
+
 ENAS_TOKENS = [0, 0, 0, 1, 1, 2, 1, 2, 0, 2, 0, 5, 1, 1, 0, 6, 1, 8, 1, 8, 1, 8,
                1]
 # Derived by hand: acts = tokens[0::2], prevs = tokens[1::2] (parent of node l
@@ -19,15 +21,6 @@ ENAS_TOKENS = [0, 0, 0, 1, 1, 2, 1, 2, 0, 2, 0, 5, 1, 1, 0, 6, 1, 8, 1, 8, 1, 8,
 ENAS_ACTS = (0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 1)
 ENAS_PREVS = (0, 1, 2, 2, 2, 5, 1, 6, 8, 8, 8)
 ENAS_LOOSE_ENDS = (3, 4, 7, 9, 10, 11)
-
-
-def _random_tokens(rng, num_nodes, num):
-  """int[num, 2N-1] valid cells drawn with numpy (independent of the module)."""
-  out = np.empty((num, 2 * num_nodes - 1), dtype=np.int64)
-  out[:, 0::2] = rng.integers(0, 4, size=(num, num_nodes))
-  for l in range(1, num_nodes):
-    out[:, 2 * l - 1] = rng.integers(0, l, size=num)
-  return out
 
 
 # ---------------------------------------------------------------------------

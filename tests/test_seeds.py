@@ -8,16 +8,13 @@ import pytest
 import experiments
 from experiments import common
 from nas_jax import seeds
-from nas_jax import train
+from nas_jax import settings
+from nas_jax import steps
 
-VOCAB = 50
+from conftest import TOY_VOCAB
+
+VOCAB = TOY_VOCAB
 SEEDS = (0, 1, 5)
-
-
-@pytest.fixture(scope="module")
-def toy_data():
-  rng = np.random.default_rng(0)
-  return jnp.asarray(rng.integers(0, VOCAB, (30, 8), dtype=np.int32))
 
 
 def _leaves(state):
@@ -48,28 +45,39 @@ def test_each_stacked_seed_equals_its_single_run(toy_data, algorithm):
   parameters, optimiser states, baselines and metrics to float tolerance."""
   config = common.apply_overrides(experiments.get_config("smoke")[1],
                                   {"search.algorithm": algorithm})
-  setup = train.make_setup(config, VOCAB)
-  ctrl = train.ctrl_steps_per_epoch(config)
-  steps = dict(epochs=2, shared=3, ctrl=ctrl)
-  states, logs = _run(seeds.init_states(config, setup, SEEDS),
+  setup = settings.make_setup(config, VOCAB)
+  ctrl = setup.reinforce.steps_per_epoch
+  counts = dict(epochs=2, shared=3, ctrl=ctrl)
+  states, logs = _run(seeds.init_states(setup, SEEDS),
                       seeds.shared_steps, seeds.controller_steps, toy_data,
-                      setup, **steps)
+                      setup, **counts)
   assert seeds.num_seeds(states) == len(SEEDS)
   for i, seed in enumerate(SEEDS):
     single, single_logs = _run(
-        train.init_state(seeds.seed_config(config, seed), setup),
-        train.shared_step, train.controller_step, toy_data, setup, **steps)
+        steps.init_state(setup, seed),
+        steps.shared_step, steps.controller_step, toy_data, setup, **counts)
     mine = seeds.unstack(states, i)
-    for a, b in zip(_leaves(mine), _leaves(single)):
-      if np.issubdtype(a.dtype, np.integer):
-        np.testing.assert_array_equal(a, b)
-      else:
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Adam moves an element by up to ~lr per step whatever the size of its
+    # gradient, and the first REINFORCE step's advantages sum to 0 up to
+    # rounding: a gradient of rounding size can move a controller element by
+    # lr in either direction. The controller gets that bound; everything
+    # else float tolerance.
+    adam_bound = 2 * setup.reinforce.lr * counts["epochs"] * ctrl
+    for name in steps.TrainState._fields:
+      atol = adam_bound if name in ("ctrl", "ctrl_opt") else 1e-5
+      for a, b in zip(_leaves(getattr(mine, name)),
+                      _leaves(getattr(single, name))):
+        if np.issubdtype(a.dtype, np.integer):
+          np.testing.assert_array_equal(a, b)
+        else:
+          np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
     assert len(logs) == len(single_logs)
     for (kind, m), (kind1, m1) in zip(logs, single_logs):
       assert kind == kind1
       np.testing.assert_array_equal(m["cells"][i], m1["cells"])
-      np.testing.assert_allclose(m["loss"][i], m1["loss"], rtol=1e-4,
+      # A controller loss reads the controller, equal to the bound above.
+      rtol = 1e-3 if kind == "ctrl" else 1e-4
+      np.testing.assert_allclose(m["loss"][i], m1["loss"], rtol=rtol,
                                  atol=1e-6)
   # Different seeds did differ.
   assert not np.array_equal(_leaves(seeds.unstack(states, 0))[0],
@@ -78,8 +86,8 @@ def test_each_stacked_seed_equals_its_single_run(toy_data, algorithm):
 
 def test_stacked_steps_compile_once(toy_data):
   config = experiments.get_config("smoke")[1]
-  setup = train.make_setup(config, VOCAB)
-  states = seeds.init_states(config, setup, SEEDS)
+  setup = settings.make_setup(config, VOCAB)
+  states = seeds.init_states(setup, SEEDS)
   before = seeds.shared_steps._cache_size()  # pylint: disable=protected-access
   for _ in range(3):
     states, _ = seeds.shared_steps(states, toy_data, setup=setup)
@@ -88,8 +96,8 @@ def test_stacked_steps_compile_once(toy_data):
 
 def test_init_states_checks_seeds():
   config = experiments.get_config("smoke")[1]
-  setup = train.make_setup(config, VOCAB)
+  setup = settings.make_setup(config, VOCAB)
   with pytest.raises(ValueError, match="distinct"):
-    seeds.init_states(config, setup, [1, 1])
+    seeds.init_states(setup, [1, 1])
   with pytest.raises(ValueError, match="non-empty"):
-    seeds.init_states(config, setup, [])
+    seeds.init_states(setup, [])

@@ -1,4 +1,4 @@
-"""Tests for nas_jax.train: the jitted steps, and whole runs of the loop.
+"""Tests for nas_jax.train: whole runs of the search loop.
 
 Whole runs use the ``smoke`` config (tiny sizes, every phase); the resume
 test kills a real ``launch.py`` process with SIGKILL.
@@ -12,42 +12,19 @@ import subprocess
 import sys
 import time
 
-import chex
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import experiments
 from experiments import common
-from nas_jax import controller
-from nas_jax import data
 from nas_jax import metrics
 from nas_jax import search_space
-from nas_jax import supernet
 from nas_jax import train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = 50
 
 
 def smoke_config(**overrides):
   return common.apply_overrides(experiments.get_config("smoke")[1], overrides)
-
-
-@pytest.fixture(scope="module")
-def setup():
-  return train.make_setup(smoke_config(), VOCAB)
-
-
-@pytest.fixture(scope="module")
-def toy_data():
-  rng = np.random.default_rng(0)
-  return jnp.asarray(rng.integers(0, VOCAB, (30, 8), dtype=np.int32))
-
-
-def _copy(tree):
-  return jax.tree.map(jnp.copy, tree)
 
 
 def _read_lines(path):
@@ -71,133 +48,6 @@ def _run_outputs(workdir):
 
 
 # ---------------------------------------------------------------------------
-# Steps.
-
-
-def test_shared_step_compiles_once_and_advances(setup, toy_data):
-  """Many steps (new cells each) share one compilation; counters advance."""
-  config = smoke_config()
-  state = train.init_state(config, setup)
-  before = train.shared_step._cache_size()
-  cells = set()
-  for _ in range(12):
-    state, m = train.shared_step(state, toy_data, setup=setup)
-    cells.add(tuple(np.asarray(m["cells"][0])))
-    assert np.isfinite(float(m["loss"]))
-  assert train.shared_step._cache_size() <= before + 1
-  assert len(cells) >= 5
-  assert int(state.shared_step) == 12
-  assert int(state.ctrl_step) == 0
-
-
-def test_train_pointer_wraps_and_resets_the_carry(setup, toy_data):
-  """The window advances by bptt; a window that no longer fits wraps to 0."""
-  config = smoke_config()
-  state = train.init_state(config, setup)
-  bptt = config.train.bptt
-  state, _ = train.shared_step(state, toy_data, setup=setup)
-  assert int(state.train_pos) == bptt
-  assert float(jnp.abs(state.carry).max()) > 0
-  # 30 rows, bptt 8: windows start at 0, 8, 16; 24 + 9 > 30 wraps.
-  state, _ = train.shared_step(state, toy_data, setup=setup)
-  state, _ = train.shared_step(state, toy_data, setup=setup)
-  assert int(state.train_pos) == 0
-  # A state saved past the end restarts at 0 with a zero carry.
-  late = state._replace(train_pos=jnp.int32(29))
-  nxt, _ = train.shared_step(late, toy_data, setup=setup)
-  assert int(nxt.train_pos) == bptt
-
-
-def test_controller_step_reward_and_baseline(setup, toy_data):
-  """Reward = c / ppl + w * entropy; baseline starts at the first mean reward."""
-  config = smoke_config()
-  state = train.init_state(config, setup)
-  # The steps donate their input state: keep copies of what is compared.
-  shared, ctrl = _copy(state.shared), _copy(state.ctrl)
-  state1, m1 = train.controller_step(state, toy_data, setup=setup)
-  inputs, targets = toy_data[:8], toy_data[1:9]
-  losses = train.cell_losses(shared, jnp.asarray(m1["cells"]), inputs,
-                             targets, config=setup.model)
-  scored = controller.score(ctrl, jnp.asarray(m1["cells"]),
-                            config=setup.ctrl)
-  entropy = np.sum(np.asarray(scored.entropies), axis=-1)
-  expected = setup.reward_c / np.exp(losses) + setup.entropy_weight * entropy
-  np.testing.assert_allclose(m1["cell_rewards"], expected, rtol=1e-5)
-  np.testing.assert_allclose(m1["baseline"], np.mean(expected), rtol=1e-6)
-  state2, m2 = train.controller_step(state1, toy_data, setup=setup)
-  d = setup.baseline_decay
-  np.testing.assert_allclose(
-      m2["baseline"], d * m1["baseline"] + (1 - d) * m2["reward"], rtol=1e-5)
-  assert int(state2.valid_pos) == 2 * config.train.bptt
-  # The shared weights are not touched by a controller step.
-  chex.assert_trees_all_equal(state2.shared, shared)
-
-
-def test_controller_step_follows_the_advantage(setup, toy_data):
-  """The update raises log p of cells with positive advantage (REINFORCE)."""
-  config = smoke_config(**{"controller.lr": 0.05})
-  local = train.make_setup(config, VOCAB)
-  state = train.init_state(config, local)
-  # Step 1 only sets the baseline (advantages sum to ~0); step 2 has signal.
-  state, _ = train.controller_step(state, toy_data, setup=local)
-  before_ctrl = _copy(state.ctrl)
-  state, m = train.controller_step(state, toy_data, setup=local)
-  adv = np.asarray(m["cell_rewards"]) - float(m["baseline"])
-  cells = jnp.asarray(m["cells"])
-  lp = lambda p: np.sum(np.asarray(controller.score(
-      p, cells, config=local.ctrl).log_probs), axis=-1)
-  change = lp(state.ctrl) - lp(before_ctrl)
-  assert np.sum(adv * change) > 0
-
-
-def test_shared_learning_rate_schedule():
-  """SGD: x0.96 per epoch from epoch 15 (0-based); Adam: constant."""
-  config = smoke_config(**{"train.steps_per_epoch": 10})
-  lr = train.shared_learning_rate(train.make_setup(config, VOCAB))
-  np.testing.assert_allclose(
-      [float(lr(s)) for s in (0, 139, 149, 150, 160, 175)],
-      [20.0, 20.0, 20.0, 20.0 * 0.96, 20.0 * 0.96**2, 20.0 * 0.96**3],
-      rtol=1e-6)
-  adam = smoke_config(**{"train.optimizer": "adam"})
-  lr = train.shared_learning_rate(train.make_setup(adam, VOCAB))
-  np.testing.assert_allclose(float(lr(10_000)), 3.5e-4, rtol=1e-6)
-
-
-_jit_loss = jax.jit(supernet.loss, static_argnames=("config", "train"))
-
-
-def test_evaluate_cell_matches_a_window_loop():
-  """Exact ppl: every target once, carry passed along, tail window included."""
-  cfg = supernet.SupernetConfig(vocab_size=VOCAB, hidden_size=8, num_nodes=4)
-  params = supernet.init(jax.random.key(0), cfg)
-  split = np.random.default_rng(1).integers(0, VOCAB, 500, dtype=np.int32)
-  cell = jnp.asarray(search_space.chain(4, 1).tokens())
-  got, tokens = train.evaluate_cell(params, cell, split, config=cfg, bptt=7,
-                                    batch_size=6)
-  columns = data.batchify(split, 6)
-  carry = supernet.init_carry(6, cfg)
-  total, count = 0.0, 0
-  for batch in data.iterate_bptt(columns, 7):
-    loss, carry = _jit_loss(params, cell, jnp.asarray(batch.inputs),
-                            jnp.asarray(batch.targets), carry, config=cfg)
-    total += float(loss) * batch.targets.size
-    count += batch.targets.size
-  assert tokens == count == (columns.shape[0] - 1) * 6
-  np.testing.assert_allclose(got, math.exp(total / count), rtol=1e-5)
-  # A partial evaluation covers the first windows only and says so.
-  part, part_tokens = train.evaluate_cell(params, cell, split, config=cfg,
-                                          bptt=7, batch_size=6, max_windows=3)
-  assert part_tokens == 3 * 7 * 6
-  carry = supernet.init_carry(6, cfg)
-  total = 0.0
-  for batch in list(data.iterate_bptt(columns, 7))[:3]:
-    loss, carry = _jit_loss(params, cell, jnp.asarray(batch.inputs),
-                            jnp.asarray(batch.targets), carry, config=cfg)
-    total += float(loss) * batch.targets.size
-  np.testing.assert_allclose(part, math.exp(total / part_tokens), rtol=1e-5)
-
-
-# ---------------------------------------------------------------------------
 # Whole runs.
 
 
@@ -205,7 +55,7 @@ def test_evaluate_cell_matches_a_window_loop():
 def smoke_run(tmp_path_factory):
   """One uninterrupted smoke run, shared by the tests below."""
   workdir = str(tmp_path_factory.mktemp("runs") / "smoke")
-  best = train.train_and_evaluate(smoke_config(), workdir)
+  best = train.train_and_evaluate(smoke_config(), workdir).best
   return workdir, best
 
 
@@ -250,7 +100,7 @@ def test_rerunning_a_finished_run_changes_nothing(smoke_run):
   """The same command on a finished workdir reports and keeps the files."""
   workdir, best = smoke_run
   before = _run_outputs(workdir)
-  assert train.train_and_evaluate(smoke_config(), workdir) == best
+  assert train.train_and_evaluate(smoke_config(), workdir).best == best
   assert _run_outputs(workdir) == before
 
 
@@ -297,14 +147,14 @@ def test_random_ws_trains_no_controller(tmp_path):
   """random_ws: no controller phase, controller untouched, a derived cell."""
   config = smoke_config(**{"search.algorithm": "random_ws"})
   workdir = str(tmp_path / "rs")
-  best = train.train_and_evaluate(config, workdir)
+  best = train.train_and_evaluate(config, workdir).best
   assert _read_lines(os.path.join(workdir, "archs.jsonl")) == []
   assert math.isfinite(best["test_ppl"])
   records = _read_lines(os.path.join(workdir, "metrics.jsonl"))
   assert not any("ctrl/reward" in r for r in records)
   variant = smoke_config(**{"search.algorithm": "random_ws",
                             "search.random_sampler": "controller"})
-  best = train.train_and_evaluate(variant, str(tmp_path / "rs_ctrl"))
+  best = train.train_and_evaluate(variant, str(tmp_path / "rs_ctrl")).best
   assert math.isfinite(best["valid_ppl"])
 
 

@@ -12,9 +12,12 @@ import experiments
 from experiments import common
 from experiments import train_fixed
 from nas_jax import metrics
-from nas_jax import train
+from nas_jax import settings
+from nas_jax import steps
 
-VOCAB = 50
+from conftest import TOY_VOCAB
+
+VOCAB = TOY_VOCAB
 CELL = "1 0 2 1 0 2 3"  # 4 nodes, the smoke preset's model.num_nodes.
 
 
@@ -38,18 +41,18 @@ def _outputs(workdir):
 def test_shared_step_trains_only_the_given_cell():
   """Every slot of every step runs the fixed cell; no controller steps."""
   config = train_fixed.run_config(_config(**{"train.cells_per_step": 2}))
-  setup = train.make_setup(config, VOCAB)
-  assert setup.fixed_cell == tuple(int(t) for t in CELL.split())
-  assert train.ctrl_steps_per_epoch(config) == 0
-  state = train.init_state(config, setup)
+  setup = settings.make_setup(config, VOCAB)
+  assert setup.search.fixed_cell == tuple(int(t) for t in CELL.split())
+  assert setup.reinforce.steps_per_epoch == 0
+  state = steps.init_state(setup, config.seed)
   data = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (30, 8)),
                      jnp.int32)
   for _ in range(2):
-    state, m = train.shared_step(state, data, setup=setup)
+    state, m = steps.shared_step(state, data, setup=setup)
     np.testing.assert_array_equal(
-        np.asarray(m["cells"]), np.tile(setup.fixed_cell, (2, 1)))
-  cells, ppl = train.derive_cells(state, data, setup=setup)
-  np.testing.assert_array_equal(np.asarray(cells), [setup.fixed_cell])
+        np.asarray(m["cells"]), np.tile(setup.search.fixed_cell, (2, 1)))
+  cells, ppl = steps.derive_cells(state, data, setup=setup)
+  np.testing.assert_array_equal(np.asarray(cells), [setup.search.fixed_cell])
   assert np.all(np.isfinite(np.asarray(ppl)))
 
 
@@ -61,23 +64,24 @@ def test_shared_step_trains_only_the_given_cell():
     ("missing/best_arch.json", "no file"),
 ])
 def test_bad_arch_is_a_config_error(arch, message):
-  with pytest.raises(train.ConfigError, match=message):
+  with pytest.raises(settings.ConfigError, match=message):
     config = train_fixed.run_config(_config(arch))
-    train.make_setup(config, VOCAB)
+    settings.make_setup(config, VOCAB)
 
 
 def test_arch_is_refused_by_searches_and_derive_must_be_one_cell():
   search = experiments.get_config("smoke")[1]
-  search.search.arch = CELL
-  with pytest.raises(train.ConfigError, match="only used by"):
-    train.make_setup(search, VOCAB)
+  with search.unlocked():  # Search configs have no such key.
+    search.search.arch = CELL
+  with pytest.raises(settings.ConfigError, match="only used by"):
+    settings.make_setup(search, VOCAB)
   config = train_fixed.run_config(_config(**{"derive.num_cells": 2,
                                              "derive.chunk_size": 2}))
-  with pytest.raises(train.ConfigError, match="derive.num_cells"):
-    train.make_setup(config, VOCAB)
+  with pytest.raises(settings.ConfigError, match="derive.num_cells"):
+    settings.make_setup(config, VOCAB)
   config = train_fixed.run_config(_config(**{"buffer.variant": "clean"}))
-  with pytest.raises(train.ConfigError, match="buffer.variant"):
-    train.make_setup(config, VOCAB)
+  with pytest.raises(settings.ConfigError, match="buffer.variant"):
+    settings.make_setup(config, VOCAB)
 
 
 def test_paper_preset_has_final_training_sizes():
@@ -109,7 +113,7 @@ def test_run_from_best_arch_json_and_resume_exactly(tmp_path, monkeypatch):
   assert [d["cells"] for d in out["derived.jsonl"]] == [
       [[int(t) for t in CELL.split()]]] * len(out["derived.jsonl"])
 
-  real_step, calls = train.shared_step, []
+  real_step, calls = steps.shared_step, []
 
   def interrupted(state, data, *, setup):
     calls.append(1)
@@ -118,10 +122,10 @@ def test_run_from_best_arch_json_and_resume_exactly(tmp_path, monkeypatch):
     return real_step(state, data, setup=setup)
 
   workdir = str(tmp_path / "interrupted")
-  monkeypatch.setattr(train, "shared_step", interrupted)
+  monkeypatch.setattr(steps, "shared_step", interrupted)
   with pytest.raises(KeyboardInterrupt):
     train_fixed.run(config, workdir)
   assert not os.path.exists(os.path.join(workdir, "best_arch.json"))
-  monkeypatch.setattr(train, "shared_step", real_step)
+  monkeypatch.setattr(steps, "shared_step", real_step)
   train_fixed.run(config, workdir)
   assert _outputs(workdir) == out

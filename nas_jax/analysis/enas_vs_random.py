@@ -3,23 +3,23 @@
 Reads the ``enas_vs_random`` experiment's directories (see
 ``experiments/enas_vs_random.py``) and writes ``report.md``,
 ``results.json`` and ``figures/``. Differences are ENAS minus RS-WS, paired
-by seed (:func:`stats.paired_comparison`): a negative perplexity difference
-favours ENAS. The weight-sharing proxy's trust is
-:func:`stats.rank_agreement` between the proxy cells' shared-weight and
-from-scratch validation ppl.
+by seed (:func:`nas_jax.analysis.paired.paired_comparison`): a negative
+perplexity difference favours ENAS. The weight-sharing proxy's trust is
+:func:`nas_jax.analysis.paired.rank_agreement` between the proxy cells'
+shared-weight and from-scratch validation ppl.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
-from nas_jax.analysis import probe as probe_analysis
-from nas_jax.analysis import stats
+from nas_jax import files
+from nas_jax.analysis import paired
+from nas_jax.analysis import reports
 
 METHODS = ("enas", "random_ws")
 ALPHA = 0.05
@@ -31,11 +31,8 @@ QUANTITIES = {
 }
 
 
-# The experiment's directory layout (``experiments/enas_vs_random.py``).
-
-
-def run_dir(workdir: str, method: str, seed: int) -> str:
-  return os.path.join(workdir, method, f"seed_{seed}")
+# The experiment's directory layout (``experiments/enas_vs_random.py``);
+# each method's search runs are ``files.run_dir(workdir, method, seed)``.
 
 
 def fixed_dir(workdir: str, method: str, seed: int) -> str:
@@ -44,7 +41,7 @@ def fixed_dir(workdir: str, method: str, seed: int) -> str:
 
 
 def density_path(workdir: str, seed: int) -> str:
-  return os.path.join(run_dir(workdir, "enas", seed), "density.npz")
+  return os.path.join(files.run_dir(workdir, "enas", seed), "density.npz")
 
 
 def proxy_path(workdir: str) -> str:
@@ -60,26 +57,24 @@ def _load(path):
     raise FileNotFoundError(
         f"{path} is missing: run the experiment for this seed first (the "
         "report merges finished seeds only)")
-  with open(path) as f:
-    return json.load(f)
-
-
-def _finite(v):
-  return math.nan if v is None else float(v)
+  return files.read_json(path)
 
 
 def collect_seed(workdir: str, seed: int) -> dict[str, Any]:
+  """One seed's numbers: each method's derived cell (shared-weight and from
+  scratch) and the sampled cells' ppl under the ENAS supernet."""
+  num = reports.float_or_nan
   out: dict[str, Any] = {}
   for method in METHODS:
-    best = _load(os.path.join(run_dir(workdir, method, seed),
-                              "best_arch.json"))
+    best = _load(os.path.join(files.run_dir(workdir, method, seed),
+                              files.BEST_ARCH_FILE))
     fixed = _load(os.path.join(fixed_dir(workdir, method, seed),
-                               "best_arch.json"))
+                               files.BEST_ARCH_FILE))
     out[method] = {"arch": best["arch"],
-                   "shared_valid_ppl": _finite(best["valid_ppl"]),
-                   "shared_test_ppl": _finite(best.get("test_ppl")),
-                   "fixed_valid_ppl": _finite(fixed["valid_ppl"]),
-                   "fixed_test_ppl": _finite(fixed.get("test_ppl"))}
+                   "shared_valid_ppl": num(best["valid_ppl"]),
+                   "shared_test_ppl": num(best.get("test_ppl")),
+                   "fixed_valid_ppl": num(fixed["valid_ppl"]),
+                   "fixed_test_ppl": num(fixed.get("test_ppl"))}
   path = density_path(workdir, seed)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} is missing: run the experiment for this "
@@ -95,29 +90,32 @@ def collect_seed(workdir: str, seed: int) -> dict[str, Any]:
 
 
 def collect_proxy(workdir: str) -> dict[str, Any] | None:
+  """The proxy cells' shared-weight and from-scratch ppl and their rank
+  agreement; None when the proxy was not run."""
   path = proxy_path(workdir)
   if not os.path.exists(path):
     return None
   record = _load(path)
   scratch = []
   for i in range(len(record["cells"])):
-    p = os.path.join(proxy_cell_dir(workdir, i), "best_arch.json")
-    scratch.append(_finite(_load(p)["valid_ppl"]) if os.path.exists(p)
-                   else math.nan)
+    p = os.path.join(proxy_cell_dir(workdir, i), files.BEST_ARCH_FILE)
+    scratch.append(reports.float_or_nan(_load(p)["valid_ppl"])
+                   if os.path.exists(p) else math.nan)
   record["scratch_valid_ppl"] = scratch
-  record["agreement"] = stats.rank_agreement(record["shared_valid_ppl"],
-                                             scratch)
+  record["agreement"] = paired.rank_agreement(record["shared_valid_ppl"],
+                                              scratch)
   return record
 
 
 def compare(workdir: str, seeds: Sequence[int]) -> dict[str, Any]:
+  """Every seed's numbers, the paired comparisons and the verdict."""
   per_seed = {s: collect_seed(workdir, s) for s in seeds}
   comparisons = {}
   for key in QUANTITIES:
     a = [per_seed[s]["random_ws"][key] for s in seeds]
     b = [per_seed[s]["enas"][key] for s in seeds]
-    comparisons[key] = stats.paired_comparison(a, b)
-  comparisons["median_sampled_ppl"] = stats.paired_comparison(
+    comparisons[key] = paired.paired_comparison(a, b)
+  comparisons["median_sampled_ppl"] = paired.paired_comparison(
       [per_seed[s]["median_uniform_ppl"] for s in seeds],
       [per_seed[s]["median_controller_ppl"] for s in seeds])
   results = {"seeds": list(seeds), "per_seed": {str(s): v for s, v in
@@ -128,7 +126,7 @@ def compare(workdir: str, seeds: Sequence[int]) -> dict[str, Any]:
 
 
 def _p(v):
-  return "n/a" if v is None or not np.isfinite(v) else f"{v:.3g}"
+  return reports.number(v, ".3g")
 
 
 def verdict(results) -> str:
@@ -161,92 +159,72 @@ def verdict(results) -> str:
   return text
 
 
-def _figure(results, fig_dir) -> str:
-  import matplotlib  # Host-side, only when writing.
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  seeds = results["seeds"]
-  cols = min(len(seeds), 5)
-  rows = math.ceil(len(seeds) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows),
-                           squeeze=False)
-  for ax, s in zip(axes.ravel(), seeds):
-    d = results["per_seed"][str(s)]["density"]
-    logs = {name: np.log(np.asarray(d[name], np.float64))
-            for name in ("controller_ppl", "uniform_ppl")}
-    pooled = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
-    # A few diverging cells reach log ppl 60: the bins cover the central 98%.
-    lo, hi = np.percentile(pooled, [1, 99]) if pooled.size else (0.0, 1.0)
-    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 40)
-    outside = 0
-    for name, label in (("controller_ppl", "ENAS controller"),
-                        ("uniform_ppl", "uniform")):
-      v = logs[name]
-      inside = np.isfinite(v) & (v >= bins[0]) & (v <= bins[-1])
-      outside += int(v.size - inside.sum())
-      ax.hist(v[inside], bins=bins, density=True, alpha=0.5, label=label)
-    ax.set_title(f"seed {s} ({outside} cells outside the range)", fontsize=8)
-    ax.set_xlabel("log shared-weight ppl")
-  for ax in axes.ravel()[len(seeds):]:
-    ax.axis("off")
-  axes[0, 0].legend(fontsize=7)
-  fig.tight_layout()
-  name = "sampled_ppl_density.png"
-  fig.savefig(os.path.join(fig_dir, name), dpi=110)
-  plt.close(fig)
-  return name
-
-
 def write_outputs(results, workdir) -> None:
-  fig_dir = os.path.join(workdir, "figures")
-  os.makedirs(fig_dir, exist_ok=True)
-  fig = _figure(results, fig_dir)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(probe_analysis._jsonable(results), f, indent=1)  # pylint: disable=protected-access
-  seeds = results["seeds"]
-  rows = ["| seed | ENAS cell | RS-WS cell | shared valid ppl ENAS / RS-WS | "
-          "from scratch valid ppl ENAS / RS-WS | from scratch test ppl "
-          "ENAS / RS-WS | median sampled ppl controller / uniform |",
-          "|---|---|---|---|---|---|---|"]
-  for s in seeds:
+  """``report.md``, ``results.json`` and ``figures/`` in ``workdir``."""
+  from nas_jax.analysis import figures  # matplotlib only when writing.
+  fig = figures.sampled_ppl_density(results, reports.figures_dir(workdir))
+  reports.write(workdir, results, _report(results, fig))
+
+
+def _per_seed_table(results):
+  rows = []
+  for s in results["seeds"]:
     r = results["per_seed"][str(s)]
     e, w = r["enas"], r["random_ws"]
-    rows.append(
-        f"| {s} | `{e['arch']}` | `{w['arch']}` | "
-        f"{e['shared_valid_ppl']:.1f} / {w['shared_valid_ppl']:.1f} | "
-        f"{e['fixed_valid_ppl']:.1f} / {w['fixed_valid_ppl']:.1f} | "
-        f"{e['fixed_test_ppl']:.1f} / {w['fixed_test_ppl']:.1f} | "
-        f"{r['median_controller_ppl']:.1f} / {r['median_uniform_ppl']:.1f} |")
-  tests = ["| quantity (ENAS - RS-WS) | mean difference [95% CI] | paired t p "
-           "| Wilcoxon p | d_z | n |", "|---|---|---|---|---|---|"]
+    rows.append([
+        str(s), f"`{e['arch']}`", f"`{w['arch']}`",
+        f"{e['shared_valid_ppl']:.1f} / {w['shared_valid_ppl']:.1f}",
+        f"{e['fixed_valid_ppl']:.1f} / {w['fixed_valid_ppl']:.1f}",
+        f"{e['fixed_test_ppl']:.1f} / {w['fixed_test_ppl']:.1f}",
+        f"{r['median_controller_ppl']:.1f} / {r['median_uniform_ppl']:.1f}"])
+  return reports.markdown_table(
+      ["seed", "ENAS cell", "RS-WS cell", "shared valid ppl ENAS / RS-WS",
+       "from scratch valid ppl ENAS / RS-WS",
+       "from scratch test ppl ENAS / RS-WS",
+       "median sampled ppl controller / uniform"], rows)
+
+
+def _tests_table(results):
   labels = dict(QUANTITIES, median_sampled_ppl=(
       "median shared-weight ppl of sampled cells (controller - uniform)"))
+  rows = []
   for key, label in labels.items():
     c = results["comparisons"][key]
-    tests.append(
-        f"| {label} | {c['mean_difference']:+.1f} [{c['ci'][0]:+.1f}, "
-        f"{c['ci'][1]:+.1f}] | {_p(c['p_t'])} | {_p(c['p_wilcoxon'])} | "
-        f"{_p(c['cohens_dz'])} | {c['n']} |")
+    rows.append([label, f"{c['mean_difference']:+.1f} [{c['ci'][0]:+.1f}, "
+                        f"{c['ci'][1]:+.1f}]",
+                 _p(c["p_t"]), _p(c["p_wilcoxon"]), _p(c["cohens_dz"]),
+                 str(c["n"])])
+  return reports.markdown_table(
+      ["quantity (ENAS - RS-WS)", "mean difference [95% CI]", "paired t p",
+       "Wilcoxon p", "d_z", "n"], rows)
+
+
+def _proxy_text(results):
   proxy = results.get("proxy")
-  if proxy:
-    g = proxy["agreement"]
-    proxy_text = (
-        f"{g['n']} uniform cells, exact validation ppl under the RS-WS "
-        f"supernet of {proxy['supernet']} against their validation ppl after "
-        f"training from scratch on the search budget:\n\n"
-        f"| statistic | value [95% bootstrap CI] | p |\n|---|---|---|\n"
-        f"| Kendall tau-b | {g['kendall_tau']:+.3f} [{g['kendall_ci'][0]:+.3f},"
-        f" {g['kendall_ci'][1]:+.3f}] | {_p(g['p_kendall'])} |\n"
-        f"| Spearman rho | {g['spearman_rho']:+.3f} [{g['spearman_ci'][0]:+.3f},"
-        f" {g['spearman_ci'][1]:+.3f}] | {_p(g['p_spearman'])} |\n\n"
-        "| cell | shared-weight valid ppl | from scratch valid ppl |\n"
-        "|---|---|---|\n" + "\n".join(
-            f"| `{a}` | {x:.1f} | {y:.1f} |" for a, x, y in zip(
-                proxy["cells"], proxy["shared_valid_ppl"],
-                proxy["scratch_valid_ppl"])))
-  else:
-    proxy_text = "Not run (`proxy.num_cells = 0`)."
-  report = f"""# ENAS vs random search with weight sharing
+  if not proxy:
+    return "Not run (`proxy.num_cells = 0`)."
+  g = proxy["agreement"]
+  statistics = reports.markdown_table(
+      ["statistic", "value [95% bootstrap CI]", "p"],
+      [[name, f"{g[value]:+.3f} [{g[ci][0]:+.3f}, {g[ci][1]:+.3f}]", _p(g[p])]
+       for name, value, ci, p in (
+           ("Kendall tau-b", "kendall_tau", "kendall_ci", "p_kendall"),
+           ("Spearman rho", "spearman_rho", "spearman_ci", "p_spearman"))])
+  cells = reports.markdown_table(
+      ["cell", "shared-weight valid ppl", "from scratch valid ppl"],
+      [[f"`{a}`", f"{x:.1f}", f"{y:.1f}"] for a, x, y in zip(
+          proxy["cells"], proxy["shared_valid_ppl"],
+          proxy["scratch_valid_ppl"])])
+  return (f"{g['n']} uniform cells, exact validation ppl under the RS-WS "
+          f"supernet of {proxy['supernet']} against their validation ppl "
+          f"after training from scratch on the search budget:\n\n"
+          f"{statistics}\n\n{cells}")
+
+
+def _report(results, fig) -> str:
+  """The text of ``report.md``; ``fig`` is the figure's file name."""
+  seeds = results["seeds"]
+  return f"""# ENAS vs random search with weight sharing
 
 Seeds: {', '.join(str(s) for s in seeds)}. Per seed, ENAS and RS-WS searched
 on the same budget and data order; each derived cell was then trained from
@@ -259,11 +237,11 @@ RS-WS, paired by seed: negative perplexity differences favour ENAS.
 
 ## Paired comparison over seeds
 
-{chr(10).join(tests)}
+{_tests_table(results)}
 
 ## Per seed
 
-{chr(10).join(rows)}
+{_per_seed_table(results)}
 
 ## Cells from the trained controller vs uniform cells
 
@@ -274,9 +252,7 @@ window (`density_cells` of each).
 
 ## How far to trust the weight-sharing ranking
 
-{proxy_text}
+{_proxy_text(results)}
 
 Every number is in `results.json`.
 """
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(report)

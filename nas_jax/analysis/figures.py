@@ -1,7 +1,15 @@
-"""Figures of the controller probe (matplotlib, written as PNG files)."""
+"""Figures of the reports (matplotlib, written as PNG files).
+
+The controller probe's (:func:`draw_all`), the memory buffer comparison's
+(:func:`encoding_scores`) and the ENAS vs random search comparison's
+(:func:`sampled_ppl_density`). Each function writes one PNG file into
+``fig_dir`` and returns its name. Importing this module selects matplotlib's
+file-only backend, so the reports import it only when they write.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 
 import matplotlib
@@ -12,7 +20,7 @@ import networkx as nx  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from nas_jax import search_space  # pylint: disable=g-import-not-at-top
-from nas_jax.analysis import stats  # pylint: disable=g-import-not-at-top
+from nas_jax.analysis import pairwise  # pylint: disable=g-import-not-at-top
 
 _COLORS = {"trained": "tab:blue", "untrained": "tab:orange"}
 _MAX_SCATTER = 5000
@@ -40,7 +48,7 @@ def _hidden_l2(results, arm):
 def density(results, fig_dir):
   fig, ax = plt.subplots(figsize=(6, 4))
   for arm, color in _COLORS.items():
-    d = stats.upper_triangle(_hidden_l2(results, arm))
+    d = pairwise.upper_triangle(_hidden_l2(results, arm))
     ax.hist(d, bins=50, density=True, alpha=0.5, color=color, label=arm)
   ax.set_xlabel("pairwise L2 distance of h")
   ax.set_ylabel("density")
@@ -53,8 +61,8 @@ def scatter(results, raw, fig_dir):
   fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4))
   for ax, name in zip(axes, names):
     for arm, color in _COLORS.items():
-      d = stats.upper_triangle(_hidden_l2(results, arm))
-      m = stats.upper_triangle(results["arms"][arm]["_matrices"][name])
+      d = pairwise.upper_triangle(_hidden_l2(results, arm))
+      m = pairwise.upper_triangle(results["arms"][arm]["_matrices"][name])
       idx = _subsample(d.size)
       ax.scatter(m[idx], d[idx], s=3, alpha=0.3, color=color, label=arm)
     ax.set_xlabel(name)
@@ -101,8 +109,8 @@ def ppl_relation(results, raw, fig_dir):
   for arm, color in _COLORS.items():
     ppl = raw[f"{arm}/ppl"]
     finite = np.isfinite(ppl)  # Overflowed cells have no finite difference.
-    d = stats.upper_triangle(_hidden_l2(results, arm)[finite][:, finite])
-    diff = stats.upper_triangle(
+    d = pairwise.upper_triangle(_hidden_l2(results, arm)[finite][:, finite])
+    diff = pairwise.upper_triangle(
         np.abs(ppl[finite][:, None] - ppl[finite][None, :]))
     idx = _subsample(d.size)
     ax.scatter(diff[idx], d[idx], s=3, alpha=0.3, color=color, label=arm)
@@ -159,3 +167,59 @@ def draw_all(results, raw, fig_dir) -> dict[str, str]:
       "pca": pca(results, raw, fig_dir),
       "steps": per_step(results, fig_dir),
   }
+
+
+def encoding_scores(results, metrics, fig_dir):
+  """The memory buffer comparison: each seed's signed encoding score of every
+  graph metric in ``metrics``, arm by arm."""
+  arms, seeds = results["arms"], results["seeds"]
+  names = list(metrics)
+  cols = 4
+  rows = math.ceil(len(names) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows),
+                           squeeze=False)
+  for ax, name in zip(axes.ravel(), names):
+    for s in seeds:
+      y = [results["runs"][a][str(s)]["metrics"][name]["score"] for a in arms]
+      ax.plot(range(len(arms)), y, "o-", alpha=0.7, label=f"seed {s}")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_title(name, fontsize=9)
+    ax.set_ylabel("encoding score")
+  for ax in axes.ravel()[len(names):]:
+    ax.axis("off")
+  axes[0, 0].legend(fontsize=7)
+  fig.suptitle("Carry (h, L2) vs graph metric: signed Spearman rho per seed "
+               "(higher = more structure)", fontsize=10)
+  return _save(fig, fig_dir, "encoding_score_by_arm.png")
+
+
+def sampled_ppl_density(results, fig_dir):
+  """ENAS vs random search: per seed, the log shared-weight ppl of cells from
+  the trained controller against uniform cells."""
+  seeds = results["seeds"]
+  cols = min(len(seeds), 5)
+  rows = math.ceil(len(seeds) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows),
+                           squeeze=False)
+  for ax, s in zip(axes.ravel(), seeds):
+    d = results["per_seed"][str(s)]["density"]
+    logs = {name: np.log(np.asarray(d[name], np.float64))
+            for name in ("controller_ppl", "uniform_ppl")}
+    pooled = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
+    # A few diverging cells reach log ppl 60: the bins cover the central 98%.
+    lo, hi = np.percentile(pooled, [1, 99]) if pooled.size else (0.0, 1.0)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 40)
+    outside = 0
+    for name, label in (("controller_ppl", "ENAS controller"),
+                        ("uniform_ppl", "uniform")):
+      v = logs[name]
+      inside = np.isfinite(v) & (v >= bins[0]) & (v <= bins[-1])
+      outside += int(v.size - inside.sum())
+      ax.hist(v[inside], bins=bins, density=True, alpha=0.5, label=label)
+    ax.set_title(f"seed {s} ({outside} cells outside the range)", fontsize=8)
+    ax.set_xlabel("log shared-weight ppl")
+  for ax in axes.ravel()[len(seeds):]:
+    ax.axis("off")
+  axes[0, 0].legend(fontsize=7)
+  return _save(fig, fig_dir, "sampled_ppl_density.png")

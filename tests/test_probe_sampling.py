@@ -10,7 +10,8 @@ import pytest
 import experiments
 from nas_jax import controller
 from nas_jax import search_space
-from nas_jax import train
+from nas_jax import settings
+from nas_jax import steps
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +57,15 @@ def test_probe_npz_holds_the_last_step_carries(probed_run):
   workdir, config, _ = probed_run
   raw = np.load(os.path.join(workdir, "probe.npz"))
   k = config.probe.num_cells
-  steps = search_space.num_tokens(config.model.num_nodes)
-  assert raw["trained/tokens"].shape == (k, steps)
+  num_steps = search_space.num_tokens(config.model.num_nodes)
+  assert raw["trained/tokens"].shape == (k, num_steps)
   assert raw["trained/h"].shape == (k, config.controller.hidden_size)
   assert raw["trained/ppl"].shape == (k,)
   assert np.all(np.isfinite(raw["trained/ppl"]))
   # Re-score the untrained controller's cells: its carries at the last step.
-  cfg = train.make_setup(config, 10_000).ctrl
-  params = train.init_state(config, train.make_setup(config, 10_000)).ctrl
+  setup = settings.make_setup(config, 10_000)
+  cfg = setup.ctrl
+  params = steps.init_state(setup, config.seed).ctrl
   scored = controller.score(params, jnp.asarray(raw["untrained/tokens"]),
                             config=cfg, mode="derive")
   np.testing.assert_allclose(raw["untrained/h"], scored.h[:, -1], atol=1e-5)
@@ -87,5 +89,5 @@ def test_probe_of_a_directory_without_a_run_is_a_config_error(tmp_path):
   """A run_dir that is not a search run gives a ConfigError naming it."""
   module, config = experiments.get_config("probe:smoke")
   config.run_dir = str(tmp_path)
-  with pytest.raises(train.ConfigError, match="config.json"):
+  with pytest.raises(settings.ConfigError, match="config.json"):
     module.run(config, None)

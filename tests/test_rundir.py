@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nas_jax import checkpointing
+from nas_jax import files
+from nas_jax import rundir
 
 
 class _State(NamedTuple):
@@ -44,7 +45,7 @@ def _state(seed=0, epoch=0, shared_step=0, ctrl_step=0):
 
 
 def _checkpoint_steps(workdir):
-  path = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  path = os.path.join(workdir, files.CHECKPOINT_DIR)
   return sorted(int(n) for n in os.listdir(path) if n.isdigit())
 
 
@@ -54,20 +55,20 @@ def _checkpoint_steps(workdir):
 def test_flatten_joins_nested_keys_with_dots():
   """Nested dicts flatten to dotted keys; lists and scalars stay values."""
   tree = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}
-  assert checkpointing.flatten(tree) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
+  assert rundir.flatten(tree) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
 
 
 def test_flatten_of_empty_dict_is_empty():
   """An empty (sub)tree contributes no keys."""
-  assert checkpointing.flatten({}) == {}
-  assert checkpointing.flatten({"a": {}, "b": 2}) == {"b": 2}
+  assert rundir.flatten({}) == {}
+  assert rundir.flatten({"a": {}, "b": 2}) == {"b": 2}
 
 
 def test_config_differences_lists_changed_added_and_removed_keys():
   """Every differing key appears once, sorted, as 'key: old -> new'."""
   old = {"train": {"lr": 20.0, "epochs": 10}, "gone": 1, "same": "x"}
   new = {"train": {"lr": 1.0, "epochs": 10, "bptt": 35}, "same": "x"}
-  assert checkpointing.config_differences(old, new) == [
+  assert rundir.config_differences(old, new) == [
       "gone: 1 -> (absent)",
       "train.bptt: (absent) -> 35",
       "train.lr: 20.0 -> 1.0",
@@ -77,12 +78,12 @@ def test_config_differences_lists_changed_added_and_removed_keys():
 def test_config_differences_of_equal_configs_is_empty():
   """Identical nested configs have no differences."""
   config = _config().to_dict()
-  assert checkpointing.config_differences(config, _config().to_dict()) == []
+  assert rundir.config_differences(config, _config().to_dict()) == []
 
 
 def test_config_differences_quotes_strings():
   """String values are shown as JSON, so 'sgd' and '"sgd"' are told apart."""
-  diffs = checkpointing.config_differences({"o": "sgd"}, {"o": "adam"})
+  diffs = rundir.config_differences({"o": "sgd"}, {"o": "adam"})
   assert diffs == ['o: "sgd" -> "adam"']
 
 
@@ -92,21 +93,21 @@ def test_config_differences_quotes_strings():
 def test_bind_config_new_directory_writes_config_json(tmp_path):
   """A new workdir is created with config.json holding the config."""
   workdir = str(tmp_path / "run")
-  assert checkpointing.bind_config(workdir, _config()) is True
-  with open(os.path.join(workdir, checkpointing.CONFIG_FILE)) as f:
+  assert rundir.bind_config(workdir, _config()) is True
+  with open(os.path.join(workdir, files.CONFIG_FILE)) as f:
     assert json.load(f) == _config().to_dict()
   assert not os.path.exists(
-      os.path.join(workdir, checkpointing.CONFIG_FILE + ".tmp"))
+      os.path.join(workdir, files.CONFIG_FILE + ".tmp"))
 
 
 def test_bind_config_same_config_returns_false(tmp_path):
   """Binding the same config again is accepted and leaves the file as is."""
   workdir = str(tmp_path / "run")
-  checkpointing.bind_config(workdir, _config())
-  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  rundir.bind_config(workdir, _config())
+  path = os.path.join(workdir, files.CONFIG_FILE)
   with open(path) as f:
     before = f.read()
-  assert checkpointing.bind_config(workdir, _config()) is False
+  assert rundir.bind_config(workdir, _config()) is False
   with open(path) as f:
     assert f.read() == before
 
@@ -114,22 +115,22 @@ def test_bind_config_same_config_returns_false(tmp_path):
 def test_bind_config_different_config_raises_with_key_and_values(tmp_path):
   """Another config is refused, naming the key with old and new values."""
   workdir = str(tmp_path / "run")
-  checkpointing.bind_config(workdir, _config())
-  with pytest.raises(checkpointing.WorkdirMismatch) as info:
-    checkpointing.bind_config(workdir, _config(lr=1.0, bptt=35))
+  rundir.bind_config(workdir, _config())
+  with pytest.raises(rundir.WorkdirMismatch) as info:
+    rundir.bind_config(workdir, _config(lr=1.0, bptt=35))
   message = str(info.value)
   assert "train.lr: 20.0 -> 1.0" in message
   assert "train.bptt: (absent) -> 35" in message
   assert "train.epochs" not in message
   assert workdir in message
   # The refused config did not overwrite the stored one.
-  with open(os.path.join(workdir, checkpointing.CONFIG_FILE)) as f:
+  with open(os.path.join(workdir, files.CONFIG_FILE)) as f:
     assert json.load(f)["train"]["lr"] == 20.0
 
 
 def test_workdir_mismatch_is_a_value_error():
   """Callers catching ValueError also catch a mismatch."""
-  assert issubclass(checkpointing.WorkdirMismatch, ValueError)
+  assert issubclass(rundir.WorkdirMismatch, ValueError)
 
 
 # -- RunDirectory -------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_workdir_mismatch_is_a_value_error():
 
 def test_run_directory_restore_of_empty_directory_is_none(tmp_path):
   """A fresh run directory has no checkpoint to restore."""
-  rd = checkpointing.RunDirectory(str(tmp_path / "run"), _config())
+  rd = rundir.RunDirectory(str(tmp_path / "run"), _config())
   try:
     assert rd.is_new
     assert rd.restore(_state()) is None
@@ -152,13 +153,13 @@ def test_run_directory_save_restore_round_trip(tmp_path):
   saved = _state(seed=7, epoch=1, shared_step=40, ctrl_step=3)
   meta = {"offsets": {"metrics.jsonl": 123}, "finished": False,
           "best": {"tokens": [0, 1, 2], "valid_ppl": 99.5}}
-  rd = checkpointing.RunDirectory(workdir, _config())
+  rd = rundir.RunDirectory(workdir, _config())
   try:
     rd.save(saved, meta)
   finally:
     rd.close()
 
-  rd = checkpointing.RunDirectory(workdir, _config())
+  rd = rundir.RunDirectory(workdir, _config())
   try:
     assert not rd.is_new
     restored = rd.restore(_state(seed=0))  # Template with other values.
@@ -186,7 +187,7 @@ def test_run_directory_save_restore_round_trip(tmp_path):
 
 def test_run_directory_restores_latest_checkpoint(tmp_path):
   """With several checkpoints, restore returns the one of the largest tick."""
-  rd = checkpointing.RunDirectory(str(tmp_path / "run"), _config())
+  rd = rundir.RunDirectory(str(tmp_path / "run"), _config())
   try:
     rd.save(_state(seed=1, shared_step=2), {"i": 1})
     rd.save(_state(seed=2, shared_step=4), {"i": 2})
@@ -201,7 +202,7 @@ def test_run_directory_restores_latest_checkpoint(tmp_path):
 def test_run_directory_keeps_at_most_max_to_keep(tmp_path):
   """Older checkpoints are deleted beyond max_to_keep=2."""
   workdir = str(tmp_path / "run")
-  rd = checkpointing.RunDirectory(workdir, _config(), max_to_keep=2)
+  rd = rundir.RunDirectory(workdir, _config(), max_to_keep=2)
   try:
     for step in (1, 2, 3, 4):
       rd.save(_state(shared_step=step), {"step": step})
@@ -214,13 +215,13 @@ def test_run_directory_keeps_at_most_max_to_keep(tmp_path):
 def test_run_directory_tick_sums_counters():
   """The checkpoint number is epoch + shared_step + ctrl_step."""
   state = _state(epoch=2, shared_step=80, ctrl_step=600)
-  assert checkpointing.RunDirectory.tick(state) == 682
+  assert rundir.RunDirectory.tick(state) == 682
 
 
 def test_latest_description_names_epoch_and_steps(tmp_path):
   """After a save or restore, the description names path, epoch and steps."""
   workdir = str(tmp_path / "run")
-  rd = checkpointing.RunDirectory(workdir, _config())
+  rd = rundir.RunDirectory(workdir, _config())
   try:
     rd.save(_state(epoch=2, shared_step=80, ctrl_step=5), {})
     description = rd.latest_description()
@@ -231,7 +232,7 @@ def test_latest_description_names_epoch_and_steps(tmp_path):
   assert "controller step 5" in description
   assert os.path.join(workdir, "checkpoints", "87") in description
 
-  rd = checkpointing.RunDirectory(workdir, _config())
+  rd = rundir.RunDirectory(workdir, _config())
   try:
     assert rd.latest_description().startswith("none")
     rd.restore(_state())
@@ -243,6 +244,6 @@ def test_latest_description_names_epoch_and_steps(tmp_path):
 def test_run_directory_refuses_another_config(tmp_path):
   """Opening a run directory with another config raises WorkdirMismatch."""
   workdir = str(tmp_path / "run")
-  checkpointing.RunDirectory(workdir, _config()).close()
-  with pytest.raises(checkpointing.WorkdirMismatch, match="train.epochs"):
-    checkpointing.RunDirectory(workdir, _config(epochs=11))
+  rundir.RunDirectory(workdir, _config()).close()
+  with pytest.raises(rundir.WorkdirMismatch, match="train.epochs"):
+    rundir.RunDirectory(workdir, _config(epochs=11))

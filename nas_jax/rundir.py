@@ -1,4 +1,5 @@
-"""Run directories: the resolved config, and orbax checkpoints of the state.
+"""Run directories: the config they are bound to, orbax checkpoints of the
+state, and loading a finished or partial run.
 
 A run directory is bound to one config: ``config.json`` is written when the
 run starts, and opening the directory with a different config raises
@@ -11,20 +12,27 @@ Checkpoints (``checkpoints/<tick>/``) hold the whole :class:`TrainState`
 the run finished). Orbax writes each checkpoint to a temporary directory and
 renames it when complete, so a run killed mid-save resumes from the previous
 one. ``tick = epoch + shared_step + controller_step`` grows at every save.
+
+:func:`load_run` rebuilds a run from its directory (config, corpus, setup,
+latest and initial state) for the probe and the experiments' analyses; the
+search loop hands over the same :class:`LoadedRun` when it finishes. File
+names and atomic writes are :mod:`nas_jax.files`'.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
+from nas_jax import data
+from nas_jax import files
+from nas_jax import settings
+from nas_jax import steps
 
 
 class WorkdirMismatch(ValueError):
@@ -58,25 +66,15 @@ def config_differences(old: dict, new: dict) -> list[str]:
   return lines
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def bind_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Writes ``config.json`` or checks it; True when the directory is new."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, files.CONFIG_FILE)
   text = config_to_json(config)
   if not os.path.exists(path):
-    _atomic_write(path, text)
+    files.atomic_write_text(path, text)
     return True
-  with open(path) as f:
-    old = json.load(f)
+  old = files.read_json(path)
   diffs = config_differences(old, json.loads(text))
   if diffs:
     raise WorkdirMismatch(
@@ -110,7 +108,7 @@ class RunDirectory:
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=False)
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+        os.path.abspath(os.path.join(workdir, files.CHECKPOINT_DIR)),
         options=options)
     self._last = None
 
@@ -152,9 +150,59 @@ class RunDirectory:
     if self._last is None:
       return "none (the run had not saved one)"
     tick, epoch, shared, ctrl = self._last
-    path = os.path.join(self.workdir, CHECKPOINT_DIR, str(tick))
+    path = os.path.join(self.workdir, files.CHECKPOINT_DIR, str(tick))
     return (f"{path} (epoch {epoch}, shared step {shared}, controller step "
             f"{ctrl})")
 
   def close(self) -> None:
     self.manager.close()
+
+
+# ---------------------------------------------------------------------------
+# Loading a run.
+
+
+class LoadedRun(NamedTuple):
+  """A search run as the analyses need it."""
+  config: ml_collections.ConfigDict
+  corpus: data.Corpus
+  setup: settings.Setup
+  state: steps.TrainState  # The latest checkpoint (or the loop's end state).
+  initial: steps.TrainState  # The run's initial state (same seed).
+  description: str  # Which checkpoint ``state`` is.
+  best: dict | None  # The best-cell record (best_arch.json once finished).
+  finished: bool
+
+
+def load_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The ``config.json`` a run directory is bound to."""
+  path = os.path.join(run_dir, files.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise settings.ConfigError(
+        f"{run_dir}: no {files.CONFIG_FILE}; expected a search run directory")
+  return ml_collections.ConfigDict(files.read_json(path))
+
+
+def load_run(run_dir: str) -> LoadedRun:
+  """A finished or partial search run from its directory (latest checkpoint).
+
+  Raises:
+    settings.ConfigError: no run, or no checkpoint, in ``run_dir``.
+    data.DataError: the run's data directory is missing or corrupt.
+  """
+  config = load_config(run_dir)
+  corpus = data.load_corpus(config.data.dir,
+                            verify=config.data.verify_checksums)
+  setup = settings.make_setup(config, corpus.vocab_size)
+  initial = steps.init_state(setup, config.seed)
+  run = RunDirectory(run_dir, config)
+  try:
+    restored = run.restore(initial)  # Only reads the template.
+    description = run.latest_description()
+  finally:
+    run.close()
+  if restored is None:
+    raise settings.ConfigError(f"{run_dir}: no checkpoint to load")
+  state, meta = restored
+  return LoadedRun(config, corpus, setup, state, initial, description,
+                   best=meta.get("best"), finished=meta.get("finished", False))

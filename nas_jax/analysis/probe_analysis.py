@@ -1,0 +1,417 @@
+"""Does the controller's carry encode the structure of the cells it samples?
+
+Host-side analysis of the arrays :mod:`nas_jax.probe_sampling` collects
+(claims 3 and 4 of DESIGN.md). For the trained controller and two controls
+(the untrained controller, and the trained one with its cells' pairing
+shuffled), it correlates pairwise distances of the carries with every graph
+metric of :mod:`nas_jax.analysis.graph_metrics` and
+:mod:`nas_jax.analysis.edit_distance`, with Mantel permutation p-values and
+bootstrap CIs over cells (:mod:`nas_jax.analysis.pairwise`),
+checks nearest neighbours and fits ridge probes from the carry to cell
+properties and perplexity (:mod:`nas_jax.analysis.carry_probes`), states the
+verdicts (:func:`verdicts`) and writes ``report.md``, ``figures/*.png`` and
+``results.json`` (:func:`write_outputs`).
+
+The carry analysed (``h``, and ``c`` and ``[c, h]`` beside it) is the LSTM
+state after the last decision step's input: the state the last decision's
+logits came from, so it has **not** seen the last activation token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from nas_jax.analysis import carry_probes
+from nas_jax.analysis import edit_distance
+from nas_jax.analysis import graph_metrics
+from nas_jax.analysis import pairwise
+from nas_jax.analysis import reports
+
+ARMS = ("trained", "untrained")
+# name -> True when larger values mean more similar cells.
+METRICS = {
+    "aligned_edit_distance": False,
+    "common_connections": True,
+    "common_activations": True,
+    "jaccard_edges": True,
+    "wl_kernel": True,
+    "topological_ged": False,
+    "labelled_ged": False,
+}
+SUBSET_METRICS = ("topological_ged", "labelled_ged")
+CARRIES = ("h", "c", "ch")
+MAIN_CARRY, MAIN_DISTANCE = "h", "l2"
+ALPHA = 0.05
+
+
+def _carry(raw, arm, name):
+  if name == "ch":
+    return np.concatenate([raw[f"{arm}/c"], raw[f"{arm}/h"]], axis=-1)
+  return raw[f"{arm}/{name}"]
+
+
+def _distance(x, kind):
+  if kind == "l2":
+    return pairwise.pairwise_l2(x)
+  return 1.0 - pairwise.pairwise_cosine_similarity(x)
+
+
+def _graph_metrics(tokens, p, pairs):
+  """name -> ``[K, K]`` matrix (NaN outside ``pairs`` for edit distances)."""
+  out = dict(graph_metrics.pairwise_all(tokens))
+  k = tokens.shape[0]
+  for name, fn in (("topological_ged", edit_distance.topological_ged),
+                   ("labelled_ged", edit_distance.labelled_ged)):
+    values = fn(tokens, pairs, timeout=p.ged_timeout)
+    m = np.full((k, k), np.nan)
+    m[pairs[:, 0], pairs[:, 1]] = values
+    m[pairs[:, 1], pairs[:, 0]] = values
+    np.fill_diagonal(m, 0.0)
+    out[name] = m
+  return out
+
+
+def _correlate(dist, metric, name, p, pairs, full):
+  kwargs = dict(num_permutations=p.num_permutations,
+                num_bootstrap=p.num_bootstrap if full else 0, seed=p.seed)
+  if name in SUBSET_METRICS:
+    finite = np.isfinite(metric[pairs[:, 0], pairs[:, 1]])
+    kwargs["pairs"] = pairs[finite]
+  return pairwise.correlate(dist, metric, **kwargs)
+
+
+def analyse(raw: dict[str, np.ndarray], p, run_dir: str) -> dict[str, Any]:
+  """All statistics of the probe, as a JSON-able dict (see README schema)."""
+  k = raw["trained/tokens"].shape[0]
+  pairs = edit_distance.sample_pairs(k, p.ged_max_pairs, p.seed)
+  results: dict[str, Any] = {
+      "run_dir": run_dir, "checkpoint": str(raw["checkpoint"]),
+      "epochs_trained": int(raw["epochs_trained"]),
+      "ctrl_steps": int(raw["ctrl_steps"]), "num_cells": k,
+      "num_pairs": k * (k - 1) // 2, "ged_pairs": int(len(pairs)),
+      "settings": p.to_dict(), "arms": {}}
+  for arm in ARMS:
+    results["arms"][arm] = _analyse_arm(raw, arm, p, pairs)
+  results["verdicts"] = verdicts(results)
+  return results
+
+
+def _analyse_arm(raw, arm, p, pairs) -> dict[str, Any]:
+  """The statistics of one controller (``arm``) of the probe."""
+  tokens = raw[f"{arm}/tokens"]
+  ppl = raw[f"{arm}/ppl"]
+  metrics = _graph_metrics(tokens, p, pairs)
+  props = graph_metrics.cell_properties(tokens)
+  main_dist = _distance(_carry(raw, arm, MAIN_CARRY), MAIN_DISTANCE)
+  arm_res: dict[str, Any] = {
+      "unique_cells": len({tuple(t) for t in tokens}),
+      "ppl_median": float(np.median(ppl)),
+      "ppl_non_finite": int(np.sum(~np.isfinite(ppl))),
+      "ged_timeouts": {n: int(np.sum(~np.isfinite(
+          metrics[n][pairs[:, 0], pairs[:, 1]]))) for n in SUBSET_METRICS},
+      "correlations": _correlations(raw, arm, metrics, main_dist, p, pairs),
+      "nearest_neighbour": {
+          name: carry_probes.nearest_neighbour_check(
+              main_dist, metrics[name], larger_is_similar=larger_similar,
+              seed=p.seed)
+          for name, larger_similar in METRICS.items()
+          if name not in SUBSET_METRICS},
+      "ridge": _ridge(raw, arm, props, p)}
+  if arm == "trained":
+    arm_res["permuted"] = {
+        name: pairwise.permuted_pairs_control(main_dist, metrics[name],
+                                              seed=p.seed)
+        for name in METRICS if name not in SUBSET_METRICS}
+  arm_res["per_step"] = {
+      "zero_state_entropy": raw[f"{arm}/entropies"].mean(0).tolist(),
+      "zero_state_max_prob": raw[f"{arm}/max_prob"].mean(0).tolist(),
+      "random_state_entropy":
+          raw[f"{arm}/random_init_entropies"].mean(0).tolist(),
+      "random_state_max_prob":
+          raw[f"{arm}/random_init_max_prob"].mean(0).tolist(),
+  }
+  # For figures; keys starting with "_" are dropped from results.json.
+  arm_res["_matrices"] = metrics
+  arm_res["_hidden_l2"] = main_dist
+  arm_res["_properties"] = props
+  return arm_res
+
+
+def _correlations(raw, arm, metrics, main_dist, p, pairs) -> dict[str, Any]:
+  """``"carry/distance" -> metric ->`` :func:`pairwise.correlate` result.
+
+  Bootstrap CIs and the perplexity row only for the main carry and distance
+  (``main_dist``).
+  """
+  out = {}
+  for carry in CARRIES:
+    x = _carry(raw, arm, carry)
+    for kind in ("l2", "cosine"):
+      full = (carry, kind) == (MAIN_CARRY, MAIN_DISTANCE)
+      dist = main_dist if full else _distance(x, kind)
+      table = {name: _correlate(dist, metrics[name], name, p, pairs, full)
+               for name in METRICS}
+      if full:
+        table["abs_ppl_difference"] = _ppl_correlation(
+            dist, raw[f"{arm}/ppl"], p)
+      out[f"{carry}/{kind}"] = table
+  return out
+
+
+def _ppl_correlation(dist, ppl, p) -> dict[str, Any]:
+  """Carry distance against the absolute difference of shared-weight ppl."""
+  # Cells whose shared-weight ppl overflowed (inf) have no finite
+  # difference: only pairs of finite-ppl cells enter.
+  finite = np.isfinite(ppl)
+  diff = np.abs(np.where(finite, ppl, 0.0)[:, None]
+                - np.where(finite, ppl, 0.0)[None, :])
+  all_pairs = np.stack(pairwise.pairs_index(ppl.shape[0]), axis=1)
+  keep = finite[all_pairs[:, 0]] & finite[all_pairs[:, 1]]
+  return pairwise.correlate(
+      dist, diff, pairs=all_pairs[keep], num_permutations=p.num_permutations,
+      num_bootstrap=p.num_bootstrap, seed=p.seed)
+
+
+def _ridge(raw, arm, props, p) -> dict[str, Any]:
+  """``carry -> target ->`` :func:`carry_probes.ridge_cv` result."""
+  ppl = raw[f"{arm}/ppl"]
+  finite = np.isfinite(ppl)
+  out = {}
+  for carry in CARRIES:
+    x = _carry(raw, arm, carry)
+    out[carry] = {
+        name: carry_probes.ridge_cv(x, np.asarray(y, np.float64), seed=p.seed)
+        for name, y in props.items()}
+    # log ppl on the cells where it is finite.
+    out[carry]["log_ppl"] = carry_probes.ridge_cv(
+        x[finite], np.log(ppl[finite]), seed=p.seed)
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Verdicts: rules stated in the report, applied to the numbers.
+
+
+def _significant(res, larger_similar):
+  """Mantel p < ALPHA, bootstrap CI excluding 0, sign meaning 'encodes'.
+
+  Carries closer (smaller distance) for more similar cells means a negative
+  rho for similarity metrics and a positive one for distances.
+  """
+  rho = res["spearman"]["rho"]
+  lo, hi = res["spearman"].get("ci", (math.nan, math.nan))
+  p = res["spearman"]["p_mantel"]
+  right_sign = rho < 0 if larger_similar else rho > 0
+  ci_ok = (hi < 0) if larger_similar else (lo > 0)
+  return bool(p < ALPHA and right_sign and ci_ok)
+
+
+def verdicts(results) -> dict[str, str]:
+  """The verdicts on claims 3 and 4, and the rules they apply."""
+  return {"claim3": _claim3(results), "claim4": _claim4(results),
+          "rule3": "a metric counts when its Spearman rho with the h L2 "
+                   f"distance has Mantel p < {ALPHA}, a bootstrap CI excluding "
+                   "0, and the sign of 'closer carries, more similar cells'",
+          "rule4": "a property counts when the nested-CV ridge R^2 from h "
+                   "exceeds 0.1"}
+
+
+def _claim3(results) -> str:
+  """Claim 3 (the carry does not encode structure) against the numbers."""
+  main = f"{MAIN_CARRY}/{MAIN_DISTANCE}"
+  trained = results["arms"]["trained"]["correlations"][main]
+  untrained = results["arms"]["untrained"]["correlations"][main]
+  hits = [n for n, s in METRICS.items()
+          if n not in SUBSET_METRICS and _significant(trained[n], s)]
+  base_hits = [n for n, s in METRICS.items()
+               if n not in SUBSET_METRICS and _significant(untrained[n], s)]
+  aligned = trained["aligned_edit_distance"]["spearman"]
+  strongest = max((abs(trained[n]["spearman"]["rho"]) for n in hits),
+                  default=0.0)
+  strength = (f" The effects are weak: the largest |rho| is {strongest:.2f}."
+              if strongest < 0.3 else "")
+  if hits:
+    return (
+        f"Not supported here: the trained controller's carry distances "
+        f"track cell structure for {len(hits)} of 5 whole-matrix metrics "
+        f"({', '.join(hits)}); e.g. aligned edit distance rho = "
+        f"{aligned['rho']:.3f} (Mantel p = {aligned['p_mantel']:.3g}). "
+        f"The untrained controller shows this for "
+        f"{len(base_hits)} of 5 ({', '.join(base_hits) or 'none'}), so part "
+        "of it may come from the LSTM architecture rather than training."
+        + strength)
+  return (
+      "Consistent with the claim: no whole-matrix graph metric correlates "
+      f"significantly with the trained controller's carry distances "
+      f"(aligned edit distance rho = {aligned['rho']:.3f}, Mantel p = "
+      f"{aligned['p_mantel']:.3g}).")
+
+
+def _claim4(results) -> str:
+  """Claim 4 (no conditioning on past decisions) against the ridge probes."""
+  ridge = results["arms"]["trained"]["ridge"][MAIN_CARRY]
+  good = {n: r["r2"] for n, r in ridge.items()
+          if np.isfinite(r["r2"]) and r["r2"] > 0.1}
+  if good:
+    best = max(good, key=good.get)
+    return (
+        f"Not supported here: a cross-validated ridge probe predicts "
+        f"{len(good)} cell properties from h with R^2 > 0.1 (best: {best}, "
+        f"R^2 = {good[best]:.2f}), so the carry holds information about the "
+        "decisions already taken.")
+  return ("Consistent with the claim: no cell property is predictable from h "
+          "(every cross-validated ridge R^2 <= 0.1).")
+
+
+# ---------------------------------------------------------------------------
+# Outputs.
+
+
+def _fmt_corr(res):
+  s = res["spearman"]
+  ci = s.get("ci")
+  ci_text = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.all(
+      np.isfinite(ci)) else ""
+  return f"{s['rho']:+.3f}{ci_text} (p={s['p_mantel']:.3g})"
+
+
+def _table(results):
+  """The main carry and distance: trained, untrained and permuted."""
+  main = f"{MAIN_CARRY}/{MAIN_DISTANCE}"
+  trained = results["arms"]["trained"]["correlations"][main]
+  untrained = results["arms"]["untrained"]["correlations"][main]
+  permuted = results["arms"]["trained"].get("permuted", {})
+  rows = []
+  for name, larger_similar in dict(METRICS, abs_ppl_difference=False).items():
+    perm = permuted.get(name)
+    rows.append([name, "similarity" if larger_similar else "distance",
+                 _fmt_corr(trained[name]), _fmt_corr(untrained[name]),
+                 _fmt_corr(perm) if perm else "n/a",
+                 str(trained[name]["num_pairs"])])
+  return reports.markdown_table(
+      ["graph metric", "kind", "trained: rho [95% CI] (Mantel p)",
+       "untrained", "trained, permuted pairs", "pairs"], rows)
+
+
+def _other_carries_table(results):
+  rows = []
+  for arm in ARMS:
+    for key, table in results["arms"][arm]["correlations"].items():
+      rows.append([f"{arm} {key}"] + [
+          f"{table[n]['spearman']['rho']:+.3f} "
+          f"(p={table[n]['spearman']['p_mantel']:.2g})" for n in METRICS])
+  return reports.markdown_table(["carry / distance", *METRICS], rows)
+
+
+def _nn_table(results):
+  rows = [[name, arm, f"{r['neighbour_mean']:.3f}", f"{r['random_mean']:.3f}",
+           f"{r['p_value']:.3g}"]
+          for arm in ARMS
+          for name, r in results["arms"][arm]["nearest_neighbour"].items()]
+  return reports.markdown_table(
+      ["metric", "arm", "nearest-neighbour mean", "random-pair mean", "p"],
+      rows)
+
+
+def _ridge_table(results):
+  arms = results["arms"]
+  names = list(arms["trained"]["ridge"]["h"])
+  rows = [[name] + [reports.number(arms[arm]["ridge"][c][name]["r2"], ".2f")
+                    for arm in ARMS for c in CARRIES]
+          for name in names]
+  return reports.markdown_table(
+      ["target"] + [f"{arm} {c}" for arm in ARMS for c in CARRIES], rows)
+
+
+def write_outputs(results, raw, run_dir) -> None:
+  """``report.md``, ``figures/*.png`` and ``results.json`` in ``run_dir``."""
+  from nas_jax.analysis import figures  # matplotlib only when writing.
+  names = figures.draw_all(results, raw, reports.figures_dir(run_dir))
+  reports.write(run_dir, results, _report(results, names))
+
+
+def _report(results, names) -> str:
+  """The text of ``report.md``; ``names`` are the figures' file names."""
+  v = results["verdicts"]
+  tr = results["arms"]["trained"]
+  un = results["arms"]["untrained"]
+  return f"""# Controller probe
+
+Run: `{results['run_dir']}`, checkpoint {results['checkpoint']}; the
+controller was trained for {results['ctrl_steps']} REINFORCE steps
+({results['epochs_trained']} epochs). K = {results['num_cells']} cells were
+sampled in derive mode from the zero state, by the trained controller and by
+the untrained one (its initial parameters), with the same keys:
+{tr['unique_cells']} and {un['unique_cells']} distinct cells. The carry
+analysed is the LSTM state after the last decision step's input: the state
+the last decision's logits came from, so it has **not** seen the last
+activation token. {results['num_pairs']} pairs; the networkx edit distances
+cover a random subset of {results['ged_pairs']} pairs (timeouts:
+trained {tr['ged_timeouts']}, untrained {un['ged_timeouts']}; the
+topological one is the first value of `optimize_graph_edit_distance`, an upper
+bound blind to activations, as the authors computed it). Mantel p-values use
+{results['settings']['num_permutations']} permutations of the cells; 95%
+CIs come from {results['settings']['num_bootstrap']} bootstrap resamples of
+cells.
+
+## Verdicts
+
+- **Claim 3 (the carry does not encode structure).** {v['claim3']}
+- **Claim 4 (the controller does not condition on its past decisions).**
+  {v['claim4']}
+
+Rules: {v['rule3']}; {v['rule4']}.
+
+## Carry distance vs graph metrics (Spearman, h, L2)
+
+Carries that encode structure give a **negative** rho for similarities and a
+**positive** rho for distances. The permuted column shuffles which cell each
+carry belongs to: what "no correlation" looks like.
+
+{_table(results)}
+
+![density](figures/{names['density']})
+
+![scatter](figures/{names['scatter']})
+
+## Closest and farthest pairs of carries (trained)
+
+![pairs](figures/{names['pairs']})
+
+## Other carries and cosine distance (Spearman rho, Mantel p)
+
+{_other_carries_table(results)}
+
+## Nearest neighbours in carry space
+
+Mean graph metric between each cell and its nearest cell in h (L2), against
+random pairs.
+
+{_nn_table(results)}
+
+## Linear (ridge) probes: cross-validated R^2 from the carry
+
+{_ridge_table(results)}
+
+## Perplexity
+
+Median shared-weight ppl of the sampled cells on the derive window: trained
+{tr['ppl_median']:.1f}, untrained {un['ppl_median']:.1f}; cells whose ppl
+overflowed to infinity (left out of the ppl rows): trained
+{tr['ppl_non_finite']}, untrained {un['ppl_non_finite']}.
+
+![ppl](figures/{names['ppl']})
+
+![pca](figures/{names['pca']})
+
+## Per-step decisions from the zero state and from random states
+
+![steps](figures/{names['steps']})
+
+Raw data: `probe.npz` (tokens, carries, per-step log-probs, entropies, max
+probabilities, ppl, for both controllers); every number above is in
+`results.json`.
+"""

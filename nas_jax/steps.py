@@ -1,0 +1,293 @@
+"""The search state and the pure, jitted steps that advance it.
+
+Everything a run needs to continue lives in :class:`TrainState` (parameters,
+optimiser states, EMA baseline, PRNG key, data positions, hidden carry,
+counters, memory buffer), a pytree of arrays advanced by:
+
+* :func:`shared_step` ``(state, train_data) -> (state, metrics)``: one step
+  of the shared weights on one sampled cell per slot;
+* :func:`controller_step` ``(state, valid_data) -> (state, metrics)``: one
+  REINFORCE step (plus the memory buffer's store and replay);
+* :func:`derive_cells` ``(state, valid_data) -> (cells, ppl)``: the derive
+  phase's candidates and their scores.
+
+Each takes the run's :class:`settings.Setup` as a static argument and is
+compiled once for every cell: the cell is data. Randomness: every draw uses
+``fold_in(fold_in(state.key, STREAM), counter)`` (:mod:`nas_jax.streams`),
+so results depend only on the seed and the counters, never on where a run
+was interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nas_jax import buffer as buffer_lib
+from nas_jax import controller
+from nas_jax import data
+from nas_jax import evaluation
+from nas_jax import search_space
+from nas_jax import settings
+from nas_jax import streams
+from nas_jax import supernet
+
+Setup = settings.Setup
+
+
+class TrainState(NamedTuple):
+  """Everything the search needs to continue, as arrays.
+
+  ``carry`` is the supernet's hidden state per cell slot ``[M, B, H]``
+  (carried across BPTT windows, reset when the train pointer wraps).
+  ``baseline`` is the EMA of the controller's reward (entropy bonus
+  included); it is set to the first step's mean reward. ``buffer`` is the
+  memory buffer of stored cells (empty while ``buffer.variant`` is
+  ``"none"``).
+  """
+  shared: supernet.Params
+  shared_opt: Any
+  ctrl: controller.Params
+  ctrl_opt: Any
+  baseline: jax.Array  # float32[]
+  key: jax.Array  # typed PRNG key
+  epoch: jax.Array  # int32[]: completed epochs
+  shared_step: jax.Array  # int32[]: shared steps done in the whole run
+  ctrl_step: jax.Array  # int32[]: controller steps done in the whole run
+  train_pos: jax.Array  # int32[]: next row of the batchified train data
+  valid_pos: jax.Array  # int32[]: next row of the reward (valid) data
+  carry: jax.Array  # float32[M, B, H]
+  buffer: buffer_lib.Buffer
+
+
+def _stream_key(state: TrainState, stream: int, counter) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(state.key, stream), counter)
+
+
+# ---------------------------------------------------------------------------
+# Optimisers and state.
+
+
+def shared_learning_rate(setup: Setup) -> Callable[[jax.Array], jax.Array]:
+  """The shared weights' learning rate as a function of the shared step.
+
+  SGD: ``lr * lr_decay ** max(0, epoch - lr_decay_start_epoch + 1)`` with
+  ``epoch = step // steps_per_epoch`` (ENAS: x0.96 per epoch from epoch 15,
+  counting from 0). Adam: constant ``adam_lr`` (the authors' practice).
+  """
+  s = setup.shared
+  if s.optimizer == "adam":
+    return lambda step: jnp.asarray(s.adam_lr, jnp.float32)
+
+  def schedule(step):
+    epoch = jnp.asarray(step) // s.steps_per_epoch
+    exponent = jnp.maximum(0, epoch - s.lr_decay_start_epoch + 1)
+    return s.lr * s.lr_decay ** exponent.astype(jnp.float32)
+
+  return schedule
+
+
+def make_shared_optimizer(setup: Setup) -> optax.GradientTransformation:
+  """Global grad-norm clip, weight decay, then SGD (scheduled) or Adam."""
+  schedule = shared_learning_rate(setup)
+  base = (optax.sgd(schedule) if setup.shared.optimizer == "sgd"
+          else optax.adam(schedule))
+  return optax.chain(optax.clip_by_global_norm(setup.shared.grad_clip),
+                     optax.add_decayed_weights(setup.shared.weight_decay), base)
+
+
+def make_ctrl_optimizer(setup: Setup) -> optax.GradientTransformation:
+  return optax.adam(setup.reinforce.lr)
+
+
+def init_state(setup: Setup, seed: int) -> TrainState:
+  """The state of a new run with ``seed`` (the same every time)."""
+  key = jax.random.key(seed)
+  k_shared, k_ctrl = jax.random.split(jax.random.fold_in(key, streams.INIT))
+  shared = supernet.init(k_shared, setup.model)
+  ctrl = controller.init(k_ctrl, setup.ctrl)
+  # Separate buffers: the steps donate the state, and one buffer may not be
+  # donated twice.
+  zero = lambda: jnp.zeros((), jnp.int32)
+  return TrainState(
+      shared=shared,
+      shared_opt=make_shared_optimizer(setup).init(shared),
+      ctrl=ctrl,
+      ctrl_opt=make_ctrl_optimizer(setup).init(ctrl),
+      baseline=jnp.zeros((), jnp.float32),
+      key=key, epoch=zero(), shared_step=zero(), ctrl_step=zero(),
+      train_pos=zero(), valid_pos=zero(),
+      carry=jnp.zeros((setup.shared.cells_per_step, setup.shared.batch_size,
+                       setup.model.hidden_size), jnp.float32),
+      buffer=buffer_lib.init(setup.buffer.capacity, setup.ctrl.num_steps))
+
+
+# ---------------------------------------------------------------------------
+# Jitted steps.
+
+
+def sample_cells(state: TrainState, key: jax.Array, num: int, setup: Setup,
+                 mode: str = "train") -> jax.Array:
+  """``int32[num, 2N-1]`` cells from the algorithm's sampler."""
+  search = setup.search
+  if search.algorithm == "fixed":
+    cell = jnp.asarray(search.fixed_cell, jnp.int32)
+    return jnp.broadcast_to(cell, (num, cell.size))
+  if search.algorithm == "random_ws" and search.random_sampler == "uniform":
+    return search_space.sample_uniform(key, setup.model.num_nodes, num)
+  return controller.sample(state.ctrl, key, num, config=setup.ctrl,
+                           mode=mode).tokens
+
+
+@functools.partial(jax.jit, static_argnames="setup", donate_argnums=0)
+def shared_step(state: TrainState, train_data: jax.Array, *, setup: Setup
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD/Adam step of the shared weights on the next train window.
+
+  Each of the ``M = cells_per_step`` slots samples a cell and runs it with its
+  own carry and dropout key; the loss is the mean over slots.
+  """
+  bptt, m = setup.shared.bptt, setup.shared.cells_per_step
+  k_cells, k_drop = jax.random.split(
+      _stream_key(state, streams.SHARED, state.shared_step))
+  cells = sample_cells(state, k_cells, m, setup)
+  drop_keys = jax.random.split(k_drop, m)
+
+  rows = train_data.shape[0]
+  wrap = state.train_pos + bptt + 1 > rows
+  pos = jnp.where(wrap, 0, state.train_pos)
+  carry = jnp.where(wrap, 0.0, state.carry)
+  inputs, targets = data.window(train_data, pos, bptt)
+
+  def loss_fn(params):
+    losses, carries = jax.vmap(
+        lambda cell, c, k: supernet.loss(params, cell, inputs, targets, c,
+                                         config=setup.model, key=k,
+                                         train=True))(cells, carry, drop_keys)
+    return jnp.mean(losses), carries
+
+  (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.shared)
+  updates, opt_state = make_shared_optimizer(setup).update(
+      grads, state.shared_opt, state.shared)
+  new_state = state._replace(
+      shared=optax.apply_updates(state.shared, updates), shared_opt=opt_state,
+      shared_step=state.shared_step + 1,
+      train_pos=data.next_position(pos, bptt, rows), carry=carry)
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                     "lr": shared_learning_rate(setup)(state.shared_step),
+                     "cells": cells}
+
+
+@functools.partial(jax.jit, static_argnames="setup", donate_argnums=0)
+def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One REINFORCE step of the controller on the next validation window.
+
+  ``M`` cells sampled in train mode are scored together on the window (eval
+  mode, zero carry, so a reward depends only on its cell); reward
+  ``c / ppl + entropy_weight * entropy`` (entropy summed over the cell's
+  decisions, as ENAS), EMA baseline, loss ``-mean(sum log p * advantage)``
+  with the log-probabilities from the teacher-forced ``controller.score``.
+
+  With a memory buffer (``setup.buffer.enabled``) the step first stores new
+  cells when an epoch's controller phase starts (:func:`_store`), then adds
+  ``weight * buffer.replay_loss`` on ``replay_samples`` stored cells from
+  ``replay_start_epoch`` on (the replay loss is computed and reported before
+  that too, with weight 0). Its draws use their own PRNG streams, so the
+  REINFORCE samples are those of the same run without a buffer.
+  """
+  r = setup.reinforce
+  rollout = controller.sample(
+      state.ctrl, _stream_key(state, streams.CONTROLLER, state.ctrl_step),
+      r.samples_per_step, config=setup.ctrl, mode="train")
+  inputs, targets = data.window(valid_data, state.valid_pos, setup.shared.bptt)
+  ppl = jnp.exp(evaluation.cell_losses(state.shared, rollout.tokens, inputs,
+                                       targets, config=setup.model))
+  entropy = jnp.sum(rollout.entropies, axis=-1)
+  reward = r.reward_c / ppl + r.entropy_weight * entropy
+  mean_reward = jnp.mean(reward)
+  baseline = jnp.where(
+      state.ctrl_step == 0, mean_reward,
+      r.baseline_decay * state.baseline + (1.0 - r.baseline_decay) * mean_reward)
+  advantage = jax.lax.stop_gradient(reward - baseline)
+  buf, replay_tokens, replay_mask, replay_weight = _replay_inputs(state, setup)
+
+  def loss_fn(params):
+    scored = controller.score(params, rollout.tokens, config=setup.ctrl,
+                              mode="train")
+    pg = -jnp.mean(jnp.sum(scored.log_probs, axis=-1) * advantage)
+    if not setup.buffer.enabled:
+      return pg, jnp.zeros((), jnp.float32)
+    replay = buffer_lib.replay_loss(params, replay_tokens, replay_mask,
+                                    config=setup.ctrl,
+                                    variant=setup.buffer.variant)
+    return pg + replay_weight * replay, replay
+
+  (loss, replay), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.ctrl)
+  updates, opt_state = make_ctrl_optimizer(setup).update(
+      grads, state.ctrl_opt, state.ctrl)
+  new_state = state._replace(
+      ctrl=optax.apply_updates(state.ctrl, updates), ctrl_opt=opt_state,
+      baseline=baseline, ctrl_step=state.ctrl_step + 1,
+      valid_pos=data.next_position(state.valid_pos, setup.shared.bptt,
+                                   valid_data.shape[0]),
+      buffer=buf)
+  return new_state, {
+      "loss": loss, "reward": mean_reward, "baseline": baseline,
+      "entropy": jnp.mean(entropy), "ppl": jnp.mean(ppl),
+      "cells": rollout.tokens, "cell_rewards": reward, "cell_ppl": ppl,
+      "replay_loss": replay, "replay_weight": replay_weight,
+      "buffer_size": buf.size}
+
+
+def _replay_inputs(state: TrainState, setup: Setup):
+  """``(buffer after the store, replayed tokens, their mask, weight)``; the
+  buffer unchanged and weight 0 without a memory buffer."""
+  if not setup.buffer.enabled:
+    return state.buffer, None, None, jnp.zeros((), jnp.float32)
+  buf = _store(state, setup)
+  tokens, mask = buffer_lib.sample(
+      buf, _stream_key(state, streams.REPLAY, state.ctrl_step),
+      setup.buffer.replay_samples)
+  replaying = (state.epoch >= setup.buffer.replay_start_epoch) & (buf.size > 0)
+  return buf, tokens, mask, jnp.where(replaying, setup.buffer.weight, 0.0)
+
+
+def _store(state: TrainState, setup: Setup) -> buffer_lib.Buffer:
+  """The buffer after this step's store: at the first controller step of
+  every epoch from ``store_start_epoch`` on, ``store_per_epoch`` cells sampled
+  (train mode) by the controller before the step's update.
+
+  Keyed by the epoch, so a resumed run stores the same cells.
+  """
+  cfg = setup.buffer
+  first_step = state.ctrl_step % setup.reinforce.steps_per_epoch == 0
+  storing = first_step & (state.epoch >= cfg.store_start_epoch)
+
+  def store(buf):
+    k_sample, k_add = jax.random.split(
+        _stream_key(state, streams.STORE, state.epoch))
+    cells = controller.sample(state.ctrl, k_sample, cfg.store_per_epoch,
+                              config=setup.ctrl, mode="train").tokens
+    return buffer_lib.add(buf, cells, k_add, policy=cfg.policy,
+                          replace_rows=cfg.replace_rows)
+
+  return jax.lax.cond(storing, store, lambda buf: buf, state.buffer)
+
+
+@functools.partial(jax.jit, static_argnames="setup")
+def derive_cells(state: TrainState, valid_data: jax.Array, *, setup: Setup
+                 ) -> tuple[jax.Array, jax.Array]:
+  """``K`` cells and their ppl on the first validation window (zero carry).
+
+  ENAS samples in derive mode from the controller; RS-WS draws from its
+  sampler. The key depends on the epoch, so each derive sees new cells.
+  """
+  cells = sample_cells(state, _stream_key(state, streams.DERIVE, state.epoch),
+                       setup.derive.num_cells, setup, mode="derive")
+  return cells, evaluation.window_ppl(state.shared, cells, valid_data,
+                                      setup=setup)

@@ -1,0 +1,46 @@
+"""Fixtures shared by the test modules."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nas_jax.analysis import pairwise
+
+# The vocabulary of ``toy_data``: tests build their setups with it.
+TOY_VOCAB = 50
+
+
+@pytest.fixture(scope="session")
+def toy_data():
+  """``int32[30, 8]``: batchified toy text, ids below :data:`TOY_VOCAB`."""
+  rng = np.random.default_rng(0)
+  return jnp.asarray(rng.integers(0, TOY_VOCAB, (30, 8), dtype=np.int32))
+
+
+def random_tokens(rng, num_nodes, num):
+  """int[num, 2N-1] valid cells drawn with numpy (independent of the module)."""
+  out = np.empty((num, 2 * num_nodes - 1), dtype=np.int64)
+  out[:, 0::2] = rng.integers(0, 4, size=(num, num_nodes))
+  for l in range(1, num_nodes):
+    out[:, 2 * l - 1] = rng.integers(0, l, size=num)
+  return out
+
+
+def structured_carries(k, noise, seed=0, dim=16):
+  """Cells with a 3-d 'graph feature'; hidden states are a noisy copy.
+
+  Returns ``(hidden float[k, dim], graph_distance float[k, k])``.
+  """
+  rng = np.random.default_rng(seed)
+  feature = rng.normal(size=(k, 3))
+  hidden = feature @ rng.normal(size=(3, dim)) + noise * rng.normal(
+      size=(k, dim))
+  return hidden, pairwise.pairwise_l2(feature)
+
+
+def integer_metric(k, seed):
+  """A symmetric integer 'common connections'-like matrix, with many ties."""
+  rng = np.random.default_rng(seed)
+  m = rng.integers(0, 6, size=(k, k)).astype(float)
+  m = np.triu(m, 1)
+  return m + m.T

@@ -1,0 +1,121 @@
+"""Tests for nas_jax.steps: the jitted shared and controller steps and the
+shared learning-rate schedule, on toy data at the smoke sizes."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import experiments
+from experiments import common
+from nas_jax import controller
+from nas_jax import evaluation
+from nas_jax import settings
+from nas_jax import steps
+
+from conftest import TOY_VOCAB
+
+VOCAB = TOY_VOCAB
+
+
+def smoke_config(**overrides):
+  return common.apply_overrides(experiments.get_config("smoke")[1], overrides)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  return settings.make_setup(smoke_config(), VOCAB)
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def test_shared_step_compiles_once_and_advances(setup, toy_data):
+  """Many steps (new cells each) share one compilation; counters advance."""
+  config = smoke_config()
+  state = steps.init_state(setup, config.seed)
+  before = steps.shared_step._cache_size()
+  cells = set()
+  for _ in range(12):
+    state, m = steps.shared_step(state, toy_data, setup=setup)
+    cells.add(tuple(np.asarray(m["cells"][0])))
+    assert np.isfinite(float(m["loss"]))
+  assert steps.shared_step._cache_size() <= before + 1
+  assert len(cells) >= 5
+  assert int(state.shared_step) == 12
+  assert int(state.ctrl_step) == 0
+
+
+def test_train_pointer_wraps_and_resets_the_carry(setup, toy_data):
+  """The window advances by bptt; a window that no longer fits wraps to 0."""
+  config = smoke_config()
+  state = steps.init_state(setup, config.seed)
+  bptt = config.train.bptt
+  state, _ = steps.shared_step(state, toy_data, setup=setup)
+  assert int(state.train_pos) == bptt
+  assert float(jnp.abs(state.carry).max()) > 0
+  # 30 rows, bptt 8: windows start at 0, 8, 16; 24 + 9 > 30 wraps.
+  state, _ = steps.shared_step(state, toy_data, setup=setup)
+  state, _ = steps.shared_step(state, toy_data, setup=setup)
+  assert int(state.train_pos) == 0
+  # A state saved past the end restarts at 0 with a zero carry.
+  late = state._replace(train_pos=jnp.int32(29))
+  nxt, _ = steps.shared_step(late, toy_data, setup=setup)
+  assert int(nxt.train_pos) == bptt
+
+
+def test_controller_step_reward_and_baseline(setup, toy_data):
+  """Reward = c / ppl + w * entropy; baseline starts at the first mean reward."""
+  config = smoke_config()
+  state = steps.init_state(setup, config.seed)
+  # The steps donate their input state: keep copies of what is compared.
+  shared, ctrl = _copy(state.shared), _copy(state.ctrl)
+  state1, m1 = steps.controller_step(state, toy_data, setup=setup)
+  inputs, targets = toy_data[:8], toy_data[1:9]
+  losses = evaluation.cell_losses(shared, jnp.asarray(m1["cells"]), inputs,
+                             targets, config=setup.model)
+  scored = controller.score(ctrl, jnp.asarray(m1["cells"]),
+                            config=setup.ctrl)
+  entropy = np.sum(np.asarray(scored.entropies), axis=-1)
+  expected = setup.reinforce.reward_c / np.exp(losses) + setup.reinforce.entropy_weight * entropy
+  np.testing.assert_allclose(m1["cell_rewards"], expected, rtol=1e-5)
+  np.testing.assert_allclose(m1["baseline"], np.mean(expected), rtol=1e-6)
+  state2, m2 = steps.controller_step(state1, toy_data, setup=setup)
+  d = setup.reinforce.baseline_decay
+  np.testing.assert_allclose(
+      m2["baseline"], d * m1["baseline"] + (1 - d) * m2["reward"], rtol=1e-5)
+  assert int(state2.valid_pos) == 2 * config.train.bptt
+  # The shared weights are not touched by a controller step.
+  chex.assert_trees_all_equal(state2.shared, shared)
+
+
+def test_controller_step_follows_the_advantage(setup, toy_data):
+  """The update raises log p of cells with positive advantage (REINFORCE)."""
+  config = smoke_config(**{"controller.lr": 0.05})
+  local = settings.make_setup(config, VOCAB)
+  state = steps.init_state(local, config.seed)
+  # Step 1 only sets the baseline (advantages sum to ~0); step 2 has signal.
+  state, _ = steps.controller_step(state, toy_data, setup=local)
+  before_ctrl = _copy(state.ctrl)
+  state, m = steps.controller_step(state, toy_data, setup=local)
+  adv = np.asarray(m["cell_rewards"]) - float(m["baseline"])
+  cells = jnp.asarray(m["cells"])
+  lp = lambda p: np.sum(np.asarray(controller.score(
+      p, cells, config=local.ctrl).log_probs), axis=-1)
+  change = lp(state.ctrl) - lp(before_ctrl)
+  assert np.sum(adv * change) > 0
+
+
+def test_shared_learning_rate_schedule():
+  """SGD: x0.96 per epoch from epoch 15 (0-based); Adam: constant."""
+  config = smoke_config(**{"train.steps_per_epoch": 10})
+  lr = steps.shared_learning_rate(settings.make_setup(config, VOCAB))
+  np.testing.assert_allclose(
+      [float(lr(s)) for s in (0, 139, 149, 150, 160, 175)],
+      [20.0, 20.0, 20.0, 20.0 * 0.96, 20.0 * 0.96**2, 20.0 * 0.96**3],
+      rtol=1e-6)
+  adam = smoke_config(**{"train.optimizer": "adam"})
+  lr = steps.shared_learning_rate(settings.make_setup(adam, VOCAB))
+  np.testing.assert_allclose(float(lr(10_000)), 3.5e-4, rtol=1e-6)
