@@ -8,6 +8,8 @@
                                config is refused, with the differing keys.
   --config.SECTION.KEY=VALUE   override any config value (type-checked).
   --print_config               print the resolved config and exit.
+  --compilation_cache=DIR      keep compiled programs in DIR (default
+                               ~/.cache/nas_jax/jax; '' for JAX's own setting).
 
 Experiments:
 {experiments}
@@ -31,6 +33,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import experiments
+from nas_jax import runtime
 from nas_jax import train
 
 __doc__ = __doc__.format(experiments=experiments.describe())
@@ -41,6 +44,10 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (default: runs/NAME[_PRESET]).")
 _PRINT_CONFIG = flags.DEFINE_bool(
     "print_config", False, "Print the resolved config and exit.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", runtime.default_cache_dir(),
+    "Directory of JAX's persistent compilation cache ('' leaves JAX's own "
+    "setting: off unless JAX_COMPILATION_CACHE_DIR is set).")
 
 
 def _fail(message: str, status: int = 2):
@@ -99,6 +106,7 @@ def main():
     print(config)
     return 0
   workdir = _WORKDIR.value or os.path.join("runs", spec.replace(":", "_"))
+  runtime.enable_compilation_cache(_COMPILATION_CACHE.value)
   try:
     experiment.run(config, workdir)
   except train.INPUT_ERRORS as e:
@@ -109,6 +117,8 @@ def main():
 
 
 if __name__ == "__main__":
+  # glibc reads its allocator settings only at start-up (see runtime).
+  runtime.reexec_with_tuned_allocator()
   # absl's handlers (--help, logging) without app.run's own flag parsing.
   app.define_help_flags()
   sys.exit(main())

@@ -27,6 +27,7 @@ import numpy as np
 
 import experiments
 from experiments import common
+from nas_jax import runtime
 from nas_jax import seeds
 from nas_jax import settings
 from nas_jax import steps
@@ -122,4 +123,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  runtime.reexec_with_tuned_allocator()  # As launch.py does.
   main()

@@ -45,6 +45,7 @@ import numpy as np
 import optax
 from jax import monitoring
 
+from nas_jax import runtime
 from nas_jax import search_space
 from nas_jax import supernet
 
@@ -209,6 +210,7 @@ def run(args) -> dict:
       "bptt": args.bptt, "vocab": args.vocab, "steps": args.steps,
       "distinct_cells": len({tuple(c) for c in cells}),
       "backend": jax.default_backend(),
+      "allocator_tuned": runtime.allocator_tuned(),
       "tokens_per_s": args.batch * args.bptt / step_s,
       "step_s": step_s,
       "step_s_mean": statistics.fmean(times),
@@ -252,4 +254,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  runtime.reexec_with_tuned_allocator()  # As launch.py does.
   main()

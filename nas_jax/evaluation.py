@@ -34,6 +34,8 @@ def cell_losses(params: supernet.Params, cells: jax.Array, inputs: jax.Array,
   carry = supernet.init_carry(inputs.shape[1], config)
   one = lambda cell: supernet.loss(params, cell, inputs, targets, carry,
                                    config=config)[0]
+  if cells.shape[0] == 1:  # Unbatched, lax.switch runs one activation.
+    return one(cells[0])[None]
   if chunk_size is None or chunk_size >= cells.shape[0]:
     return jax.vmap(one)(cells)
   return jax.lax.map(one, cells, batch_size=chunk_size)

@@ -9,7 +9,9 @@ counters, memory buffer), a pytree of arrays advanced by:
 * :func:`controller_step` ``(state, valid_data) -> (state, metrics)``: one
   REINFORCE step (plus the memory buffer's store and replay);
 * :func:`derive_cells` ``(state, valid_data) -> (cells, ppl)``: the derive
-  phase's candidates and their scores.
+  phase's candidates and their scores;
+* :func:`run_window`: many shared or controller steps as one ``lax.scan``,
+  which is how the host loop runs them.
 
 Each takes the run's :class:`settings.Setup` as a static argument and is
 compiled once for every cell: the cell is data. Randomness: every draw uses
@@ -149,7 +151,8 @@ def shared_step(state: TrainState, train_data: jax.Array, *, setup: Setup
   """One SGD/Adam step of the shared weights on the next train window.
 
   Each of the ``M = cells_per_step`` slots samples a cell and runs it with its
-  own carry and dropout key; the loss is the mean over slots.
+  own carry and dropout key; the loss is the mean over slots (``vmap`` over
+  slots only when ``M > 1``).
   """
   bptt, m = setup.shared.bptt, setup.shared.cells_per_step
   k_cells, k_drop = jax.random.split(
@@ -164,10 +167,13 @@ def shared_step(state: TrainState, train_data: jax.Array, *, setup: Setup
   inputs, targets = data.window(train_data, pos, bptt)
 
   def loss_fn(params):
-    losses, carries = jax.vmap(
-        lambda cell, c, k: supernet.loss(params, cell, inputs, targets, c,
-                                         config=setup.model, key=k,
-                                         train=True))(cells, carry, drop_keys)
+    one = lambda cell, c, k: supernet.loss(params, cell, inputs, targets, c,
+                                           config=setup.model, key=k,
+                                           train=True)
+    if m == 1:  # Unbatched, lax.switch runs one activation, not all four.
+      loss, c = one(cells[0], carry[0], drop_keys[0])
+      return loss, c[None]
+    losses, carries = jax.vmap(one)(cells, carry, drop_keys)
     return jnp.mean(losses), carries
 
   (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.shared)
@@ -277,6 +283,25 @@ def _store(state: TrainState, setup: Setup) -> buffer_lib.Buffer:
                           replace_rows=cfg.replace_rows)
 
   return jax.lax.cond(storing, store, lambda buf: buf, state.buffer)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "length", "setup"),
+                   donate_argnums=0)
+def run_window(state: TrainState, data_2d: jax.Array, *, step: Callable,
+               length: int, setup: Setup
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """``length`` consecutive ``step``s (:func:`shared_step` or
+  :func:`controller_step`) as one program, a ``lax.scan``.
+
+  One dispatch and one host read per window instead of per step: on an
+  accelerator, where a step at the CPU-default sizes takes milliseconds,
+  per-step dispatch and reads would dominate. Returns the state after the
+  window and every metric stacked on a leading ``[length]`` axis, the same
+  values as the steps run one by one (to float tolerance). One compilation
+  per (step, length).
+  """
+  return jax.lax.scan(lambda s, _: step(s, data_2d, setup=setup), state, None,
+                      length=length)
 
 
 @functools.partial(jax.jit, static_argnames="setup")

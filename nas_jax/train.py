@@ -55,17 +55,20 @@ INPUT_ERRORS = (data.DataError, settings.ConfigError, rundir.WorkdirMismatch)
 class Phase:
   """One phase of an epoch, as the loop runs it.
 
-  Logs close every ``log_every`` steps and checkpoints land every
-  ``checkpoint_every`` steps (a multiple) and at the phase end, so a resumed
-  run logs exactly the same windows.
+  The loop runs the phase in windows of ``log_every`` steps (and any
+  remainder before the phase end), each one jitted ``lax.scan``
+  (:func:`steps.run_window`) whose stacked metrics are read once. Logs close
+  and checkpoints land only at window ends (``checkpoint_every`` is a
+  multiple of ``log_every``), so a resumed run logs exactly the same windows.
   """
   name: str  # Progress bar and divergence message ("shared step 12").
   counter: str  # The TrainState field counting its steps; the logs' index.
   steps_per_epoch: int
-  step: Callable  # state -> (state, device metrics).
-  finite: Callable[[dict], bool]  # Host metrics -> whether the step is sane.
+  step: Callable  # The jitted step: (state, data, *, setup) -> (state, m).
+  data: jax.Array  # What the step reads: train or validation columns.
+  finite: Callable[[dict], bool]  # One step's host metrics -> sane?
   what: str  # What diverged when ``finite`` is false.
-  scalars: Callable[[dict], dict]  # Host metrics -> per-step scalars.
+  scalars: Callable[[dict], dict]  # One step's host metrics -> scalars.
   summary: Callable[[dict], dict]  # Window means -> logged values.
   rate_key: str  # The logged key of the phase's steps per second.
   log_cells: bool = False  # Write each step's cells to archs.jsonl.
@@ -75,7 +78,7 @@ def _shared_phase(setup: settings.Setup, train_data: jax.Array) -> Phase:
   return Phase(
       name="shared", counter="shared_step",
       steps_per_epoch=setup.shared.steps_per_epoch,
-      step=lambda state: steps.shared_step(state, train_data, setup=setup),
+      step=steps.shared_step, data=train_data,
       finite=lambda m: math.isfinite(float(m["loss"])), what="training loss",
       scalars=lambda m: {"loss": float(m["loss"]),
                          "grad_norm": float(m["grad_norm"]),
@@ -109,7 +112,7 @@ def _ctrl_phase(setup: settings.Setup, valid_data: jax.Array) -> Phase:
   return Phase(
       name="controller", counter="ctrl_step",
       steps_per_epoch=setup.reinforce.steps_per_epoch,
-      step=lambda state: steps.controller_step(state, valid_data, setup=setup),
+      step=steps.controller_step, data=valid_data,
       finite=lambda m: bool(np.isfinite(m["loss"])
                             and np.isfinite(m["baseline"])),
       what="controller loss",
@@ -229,37 +232,50 @@ class _Loop:
       self._end_epoch(epoch)
 
   def _run_phase(self, phase: Phase, epoch: int) -> None:
-    """Runs what remains of ``phase`` in ``epoch``."""
+    """Runs what remains of ``phase`` in ``epoch``, window by window."""
     total, cadence = phase.steps_per_epoch, self.setup.cadence
     done = int(getattr(self.state, phase.counter)) - epoch * total
     if done >= total:
       return
-    window = metrics_lib.Window()
     bar = metrics_lib.progress(
         total, done, f"epoch {epoch + 1}/{cadence.epochs} {phase.name}")
-    start = time.perf_counter()
-    for i in range(done, total):
-      step = epoch * total + i  # == state.<counter>, without a device sync.
-      self.state, m = phase.step(self.state)
-      m = jax.device_get(m)
-      if not phase.finite(m):
-        self._diverged(phase.what, f"{phase.name} step {step}")
-      if phase.log_cells:
-        self.writer.archs(step, epoch, m["cells"], m["cell_rewards"],
-                          m["cell_ppl"])
-      scalars = phase.scalars(m)
-      window.add(**scalars)
-      bar.update(1)
-      bar.set_postfix({k: f"{v:.4g}" for k, v in list(scalars.items())[:2]})
-      if (i + 1) % cadence.log_every == 0 or i + 1 == total:
-        means = window.pop()
-        values = phase.summary(means)
-        values[phase.rate_key] = means["n"] / (time.perf_counter() - start)
-        start = time.perf_counter()
-        self.writer.metrics(step + 1, epoch, values, counter=phase.counter)
-      if (i + 1) % cadence.checkpoint_every == 0 or i + 1 == total:
+    while done < total:
+      # Up to the next multiple of log_every, or the phase end.
+      length = min(cadence.log_every - done % cadence.log_every, total - done)
+      start = time.perf_counter()
+      self.state, stacked = steps.run_window(
+          self.state, phase.data, step=phase.step, length=length,
+          setup=self.setup)
+      means = self._observe(phase, epoch, epoch * total + done,
+                            jax.device_get(stacked), length)
+      done += length
+      bar.update(length)
+      values = phase.summary(means)
+      values[phase.rate_key] = length / (time.perf_counter() - start)
+      self.writer.metrics(epoch * total + done, epoch, values,
+                          counter=phase.counter)
+      bar.set_postfix({k: f"{v:.4g}" for k, v in list(values.items())[:2]})
+      if done % cadence.checkpoint_every == 0 or done == total:
         self.save()
     bar.close()
+
+  def _observe(self, phase: Phase, epoch: int, first_step: int,
+               stacked: dict, length: int) -> dict:
+    """Checks and logs each step of a window; returns the window's means.
+
+    A non-finite step stops the run naming it; nothing of its window is
+    saved, so the last checkpoint is the last good state.
+    """
+    window = metrics_lib.Window()
+    for k in range(length):
+      m = {name: value[k] for name, value in stacked.items()}
+      if not phase.finite(m):
+        self._diverged(phase.what, f"{phase.name} step {first_step + k}")
+      if phase.log_cells:
+        self.writer.archs(first_step + k, epoch, m["cells"],
+                          m["cell_rewards"], m["cell_ppl"])
+      window.add(**phase.scalars(m))
+    return window.pop()
 
   def _end_epoch(self, epoch):
     last = epoch + 1 == self.setup.cadence.epochs

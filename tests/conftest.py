@@ -1,10 +1,22 @@
 """Fixtures shared by the test modules."""
 
-import jax.numpy as jnp
-import numpy as np
-import pytest
+import atexit
+import os
+import shutil
+import tempfile
 
-from nas_jax.analysis import pairwise
+# Launched processes (launch.py in subprocesses) and this one share a
+# compilation cache for the session, outside the user's own cache.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  _CACHE = tempfile.mkdtemp(prefix="nas_jax_test_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+from nas_jax.analysis import pairwise  # pylint: disable=g-import-not-at-top
 
 # The vocabulary of ``toy_data``: tests build their setups with it.
 TOY_VOCAB = 50

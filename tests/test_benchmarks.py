@@ -39,3 +39,16 @@ def test_stacked_seeds_benchmark_runs(capsys):
   for row in result["rows"]:
     for key, value in row.items():
       assert value > 0, key
+
+
+def test_search_loop_benchmark_runs(capsys):
+  """Tiny sizes: the real loop and the bare steps give rates and ratios."""
+  from benchmarks import search_loop
+  result = search_loop.main([
+      "--hidden", "8", "--batch", "4", "--steps", "2", "--ctrl-steps", "2",
+      "--log-every", "1", "--repeats", "1"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert json.loads(last) == result
+  for key in ("shared_loop_over_bare", "ctrl_loop_over_bare",
+              "loop_shared_steps_per_s", "bare_ctrl_steps_per_s"):
+    assert result[key] > 0, key

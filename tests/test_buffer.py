@@ -316,27 +316,29 @@ def test_interrupted_run_resumes_with_the_same_buffer(tmp_path, monkeypatch):
   assert [r["buffer/size"] for r in records if "buffer/size" in r] == [
       16, 16, 32, 32]
 
-  real_step = steps.controller_step
+  real_window = steps.run_window
   workdir = str(tmp_path / "interrupted")
-  # 4 controller steps per epoch, a checkpoint every 2. The first stop
-  # (6th call: epoch 1, second step) resumes from the end of epoch 0, before
-  # epoch 1's store, which the resumed run must do; the second (4th call
-  # after resuming) from ctrl step 6, after that store, which it must not
-  # repeat.
-  for stop_at, size in ((6, 16), (4, 32)):
+  # 4 controller steps per epoch in windows of 2 (log_every), a checkpoint
+  # every 2. The first stop (3rd controller window: epoch 1, steps 4-5)
+  # resumes from the end of epoch 0, before epoch 1's store, which the
+  # resumed run must do; the second (2nd controller window after resuming:
+  # steps 6-7) from ctrl step 6, after that store, which it must not repeat.
+  for stop_at, size in ((3, 16), (2, 32)):
     calls = []
 
-    def interrupted(state, valid_data, *, setup, calls=calls, stop_at=stop_at):
-      calls.append(1)
-      if len(calls) == stop_at:
-        raise KeyboardInterrupt
-      return real_step(state, valid_data, setup=setup)
+    def interrupted(state, data, *, step, length, setup, calls=calls,
+                    stop_at=stop_at):
+      if step is steps.controller_step:
+        calls.append(1)
+        if len(calls) == stop_at:
+          raise KeyboardInterrupt
+      return real_window(state, data, step=step, length=length, setup=setup)
 
-    monkeypatch.setattr(steps, "controller_step", interrupted)
+    monkeypatch.setattr(steps, "run_window", interrupted)
     with pytest.raises(KeyboardInterrupt):
       train.train_and_evaluate(config, workdir)
     assert int(_final_buffer(workdir, config).size) == size
-  monkeypatch.setattr(steps, "controller_step", real_step)
+  monkeypatch.setattr(steps, "run_window", real_window)
   train.train_and_evaluate(config, workdir)
   chex.assert_trees_all_equal(_final_buffer(workdir, config),
                               _final_buffer(reference, config))

@@ -119,3 +119,63 @@ def test_shared_learning_rate_schedule():
   adam = smoke_config(**{"train.optimizer": "adam"})
   lr = steps.shared_learning_rate(settings.make_setup(adam, VOCAB))
   np.testing.assert_allclose(float(lr(10_000)), 3.5e-4, rtol=1e-6)
+
+
+def _leaves(state):
+  return [np.asarray(jax.random.key_data(x)
+                     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+          for x in jax.tree.leaves(state)]
+
+
+@pytest.mark.parametrize("name", ["shared_step", "controller_step"])
+def test_run_window_equals_the_steps_one_by_one(setup, toy_data, name):
+  """A fused window: the same cells, metrics and state as single steps."""
+  step = getattr(steps, name)
+  single = steps.init_state(setup, 3)
+  logs = []
+  for _ in range(5):
+    single, m = step(single, toy_data, setup=setup)
+    logs.append(jax.device_get(m))
+  fused, stacked = steps.run_window(steps.init_state(setup, 3), toy_data,
+                                    step=step, length=5, setup=setup)
+  stacked = jax.device_get(stacked)
+  for k, m in enumerate(logs):
+    np.testing.assert_array_equal(stacked["cells"][k], m["cells"])
+    np.testing.assert_allclose(stacked["loss"][k], m["loss"], rtol=1e-5,
+                               atol=1e-6)
+  for a, b in zip(_leaves(fused), _leaves(single)):
+    if np.issubdtype(a.dtype, np.integer):
+      np.testing.assert_array_equal(a, b)
+    else:
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_run_window_compiles_once_per_length(setup, toy_data):
+  state = steps.init_state(setup, 0)
+  state, _ = steps.run_window(state, toy_data, step=steps.shared_step,
+                              length=3, setup=setup)
+  before = steps.run_window._cache_size()  # pylint: disable=protected-access
+  for _ in range(3):
+    state, _ = steps.run_window(state, toy_data, step=steps.shared_step,
+                                length=3, setup=setup)
+  assert steps.run_window._cache_size() == before  # pylint: disable=protected-access
+  state, m = steps.run_window(state, toy_data, step=steps.shared_step,
+                              length=2, setup=setup)
+  assert steps.run_window._cache_size() == before + 1  # pylint: disable=protected-access
+  assert m["loss"].shape == (2,)
+  assert int(state.shared_step) == 14
+
+
+def test_one_cell_is_scored_unbatched_with_the_same_loss(setup, toy_data):
+  """K = 1 skips vmap (lax.switch stays a branch): the same loss as one row
+  of a batched call."""
+  params = steps.init_state(setup, 0).shared
+  cells = jnp.asarray([[2, 0, 1, 1, 3, 0, 0], [2, 0, 1, 1, 3, 0, 0]],
+                      jnp.int32)
+  inputs, targets = toy_data[:8], toy_data[1:9]
+  one = evaluation.cell_losses(params, cells[:1], inputs, targets,
+                               config=setup.model)
+  two = evaluation.cell_losses(params, cells, inputs, targets,
+                               config=setup.model)
+  assert one.shape == (1,)
+  np.testing.assert_allclose(one[0], two[0], rtol=1e-6)

@@ -113,19 +113,19 @@ def test_run_from_best_arch_json_and_resume_exactly(tmp_path, monkeypatch):
   assert [d["cells"] for d in out["derived.jsonl"]] == [
       [[int(t) for t in CELL.split()]]] * len(out["derived.jsonl"])
 
-  real_step, calls = steps.shared_step, []
+  real_window, calls = steps.run_window, []
 
-  def interrupted(state, data, *, setup):
+  def interrupted(state, data, *, step, length, setup):
     calls.append(1)
-    if len(calls) == 6:  # Epoch 1 (4 steps an epoch), after a checkpoint.
+    if len(calls) == 3:  # Epoch 1 (4 steps an epoch), after a checkpoint.
       raise KeyboardInterrupt
-    return real_step(state, data, setup=setup)
+    return real_window(state, data, step=step, length=length, setup=setup)
 
   workdir = str(tmp_path / "interrupted")
-  monkeypatch.setattr(steps, "shared_step", interrupted)
+  monkeypatch.setattr(steps, "run_window", interrupted)
   with pytest.raises(KeyboardInterrupt):
     train_fixed.run(config, workdir)
   assert not os.path.exists(os.path.join(workdir, "best_arch.json"))
-  monkeypatch.setattr(steps, "shared_step", real_step)
+  monkeypatch.setattr(steps, "run_window", real_window)
   train_fixed.run(config, workdir)
   assert _outputs(workdir) == out
