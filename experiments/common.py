@@ -237,3 +237,23 @@ def check_seeds(seeds) -> tuple[int, ...]:
     raise settings.ConfigError(
         f"config seeds must be distinct integers, got {seeds}")
   return seeds
+
+
+SEEDS_MODES = ("auto", "stacked", "sequential")
+
+
+def stacked_seeds(config: ml_collections.ConfigDict) -> bool:
+  """Whether a multi-seed experiment trains its seeds stacked
+  (``train.train_many(..., stacked=True)``), from ``config.seeds_mode``:
+  ``"stacked"``, ``"sequential"``, or ``"auto"``: stacked on an accelerator,
+  sequential on a CPU, where ``python -m benchmarks.stacked_seeds`` measured
+  stacking slower (see README, "Speed")."""
+  mode = config.seeds_mode
+  if mode not in SEEDS_MODES:
+    raise settings.ConfigError(
+        f"config seeds_mode must be one of {', '.join(SEEDS_MODES)}; "
+        f"got {mode!r}")
+  if mode == "auto":
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.default_backend() != "cpu"
+  return mode == "stacked"

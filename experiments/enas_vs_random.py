@@ -16,6 +16,10 @@ The comparison (``nas_jax/analysis/enas_vs_random.py``) writes
 resumable: the same command skips finished runs. Seeds can run as separate
 jobs into one shared WORKDIR (``--config.seeds='(3,)' --config.proxy.num_cells=0``)
 and ``--config.report_only=True`` with all seeds merges them (see README).
+With ``seeds_mode`` stacked (``"auto"`` on an accelerator) each method's
+searches over all seeds train together as one stacked program
+(``train.train_many``) before the per-seed steps; the from-scratch runs (a
+different cell each) go one after another.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from nas_jax import train
 from nas_jax.analysis import enas_vs_random as analysis
 
 METHODS = ("enas", "random_ws")
-_OWN_KEYS = ("seeds", "density_cells", "proxy", "report_only")
+_OWN_KEYS = ("seeds", "density_cells", "proxy", "report_only", "seeds_mode")
 
 
 def get_config(preset: str = ""):
@@ -53,6 +57,7 @@ def get_config(preset: str = ""):
   config.density_cells = 1000  # Per sampler (ENAS controller, uniform).
   config.proxy = ml_collections.ConfigDict({"num_cells": 8, "seed": 0})
   config.report_only = False
+  config.seeds_mode = "auto"  # or "stacked", "sequential" (common.stacked_seeds).
   return common.with_preset(config, preset, {"smoke": {"seeds": (0, 1)}})
 
 
@@ -140,6 +145,13 @@ def proxy(config, workdir, seed):
                              analysis.proxy_cell_dir(workdir, i))
 
 
+def _searches(config, workdir, method, seeds):
+  """The ``method`` searches of ``seeds`` (stacked when several)."""
+  train.train_many([search_config(config, method, s) for s in seeds],
+                   [files.run_dir(workdir, method, s) for s in seeds],
+                   stacked=len(seeds) > 1)
+
+
 def run(config, workdir):
   seeds = _check(config)
   if not config.report_only:
@@ -148,12 +160,18 @@ def run(config, workdir):
     for method in METHODS:
       settings.make_setup(search_config(config, method, seeds[0]),
                           corpus.vocab_size)
-    for i, seed in enumerate(seeds):
+    stacked = common.stacked_seeds(config)
+    if stacked:
       for method in METHODS:
-        print(f"enas_vs_random: seed {seed} ({i + 1}/{len(seeds)}): "
-              f"{method} search", flush=True)
-        train.train_and_evaluate(search_config(config, method, seed),
-                                 files.run_dir(workdir, method, seed))
+        print(f"enas_vs_random: {method} searches of seeds "
+              f"{', '.join(map(str, seeds))}, stacked", flush=True)
+        _searches(config, workdir, method, seeds)
+    for i, seed in enumerate(seeds):
+      if not stacked:
+        for method in METHODS:
+          print(f"enas_vs_random: seed {seed} ({i + 1}/{len(seeds)}): "
+                f"{method} search", flush=True)
+          _searches(config, workdir, method, (seed,))
       print(f"enas_vs_random: seed {seed}: controller vs uniform cells",
             flush=True)
       density(config, workdir, seed)

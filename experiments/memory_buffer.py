@@ -8,8 +8,11 @@ order, then the probe of its trained controller, in ``WORKDIR/ARM/seed_S/``
 comparison across seeds (``nas_jax/analysis/buffer_comparison.py``):
 ``WORKDIR/report.md``, ``results.json`` and ``figures/``.
 
-Runs go seed by seed, so an interrupted experiment has whole pairs; the same
-command resumes it, skipping finished runs and probes.
+With ``seeds_mode`` stacked (``"auto"`` on an accelerator) each arm's seeds
+train together as one stacked program (``train.train_many``), arm after arm;
+sequential runs go seed by seed, so an interrupted experiment has whole
+pairs. Either way every run has its own directory, and the same command
+resumes the experiment, skipping finished runs and probes.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ ARMS = {
     "faithful": {"buffer.variant": "faithful", "buffer.policy": "authors"},
 }
 # Keys of this experiment only: not part of a run's config.
-_OWN_KEYS = ("seeds", "arms")
+_OWN_KEYS = ("seeds", "arms", "seeds_mode")
 
 
 def get_config(preset: str = ""):
@@ -50,6 +53,7 @@ def get_config(preset: str = ""):
   config.derive.every_epochs = 3
   config.seeds = (0, 1, 2, 3, 4, 5)
   config.arms = ("none", "clean")
+  config.seeds_mode = "auto"  # or "stacked", "sequential" (common.stacked_seeds).
   return common.with_preset(config, preset, {"smoke": {"seeds": (0, 1)}})
 
 
@@ -86,15 +90,17 @@ def run(config, workdir):
   for arm in arms:
     settings.make_setup(run_config(config, arm, seeds[0]), corpus.vocab_size)
   start = time.perf_counter()
-  total, done = len(arms) * len(seeds), 0
-  for seed in seeds:
-    for arm in arms:
-      done += 1
-      print(f"memory_buffer: run {done}/{total}: arm {arm}, seed {seed}",
-            flush=True)
-      sub = run_config(config, arm, seed)
-      directory = files.run_dir(workdir, arm, seed)
-      run = train.train_and_evaluate(sub, directory)
+  if common.stacked_seeds(config):
+    batches = [(arm, seeds) for arm in arms]
+  else:
+    batches = [(arm, (seed,)) for seed in seeds for arm in arms]
+  for n, (arm, batch) in enumerate(batches):
+    print(f"memory_buffer: part {n + 1}/{len(batches)}: arm {arm}, seeds "
+          f"{', '.join(map(str, batch))}", flush=True)
+    subs = [run_config(config, arm, seed) for seed in batch]
+    directories = [files.run_dir(workdir, arm, seed) for seed in batch]
+    loaded = train.train_many(subs, directories, stacked=len(batch) > 1)
+    for sub, directory, run in zip(subs, directories, loaded):
       if os.path.exists(os.path.join(directory, files.RESULTS_FILE)):
         print(f"memory_buffer: probe of {directory} already done", flush=True)
       else:

@@ -18,7 +18,7 @@ reads a seed's state with :func:`unstack`.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,14 +60,30 @@ def shared_steps(states: steps.TrainState, train_data: jax.Array, *,
 @functools.partial(jax.jit, static_argnames="setup", donate_argnums=0)
 def controller_steps(states: steps.TrainState, valid_data: jax.Array, *,
                      setup: settings.Setup):
-  """:func:`steps.controller_step` for every seed: ``(states, metrics)``.
-
-  With a memory buffer the store's ``lax.cond`` becomes a select under
-  ``vmap``, so every step pays for sampling the stored cells; use single runs
-  (or ``buffer.variant="none"``) where that matters.
-  """
+  """:func:`steps.controller_step` for every seed: ``(states, metrics)``
+  (the memory buffer's store is :func:`store_cells`, run when a phase starts)."""
   return jax.vmap(
       lambda s: steps.controller_step(s, valid_data, setup=setup))(states)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "length", "setup"),
+                   donate_argnums=0)
+def run_windows(states: steps.TrainState, data_2d: jax.Array, *,
+                step: Callable, length: int, setup: settings.Setup):
+  """:func:`steps.run_window` for every seed: ``length`` steps of ``step``
+  as one program; metrics ``[S, length, ...]``."""
+  def window(state):
+    return jax.lax.scan(lambda s, _: step(s, data_2d, setup=setup), state,
+                        None, length=length)
+  return jax.vmap(window)(states)
+
+
+@functools.partial(jax.jit, static_argnames="setup", donate_argnums=0)
+def store_cells(states: steps.TrainState, *, setup: settings.Setup
+                ) -> steps.TrainState:
+  """:func:`steps.store_cells` for every seed (all stacked seeds are at the
+  same counters, so it is due for all or none)."""
+  return jax.vmap(lambda s: steps.store(s, setup))(states)
 
 
 def next_epoch(states: steps.TrainState) -> steps.TrainState:

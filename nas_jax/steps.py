@@ -7,7 +7,8 @@ counters, memory buffer), a pytree of arrays advanced by:
 * :func:`shared_step` ``(state, train_data) -> (state, metrics)``: one step
   of the shared weights on one sampled cell per slot;
 * :func:`controller_step` ``(state, valid_data) -> (state, metrics)``: one
-  REINFORCE step (plus the memory buffer's store and replay);
+  REINFORCE step (plus the memory buffer's replay loss); :func:`store_cells`
+  the buffer's store when a controller phase starts;
 * :func:`derive_cells` ``(state, valid_data) -> (cells, ppl)``: the derive
   phase's candidates and their scores;
 * :func:`run_window`: many shared or controller steps as one ``lax.scan``,
@@ -199,11 +200,12 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
   decisions, as ENAS), EMA baseline, loss ``-mean(sum log p * advantage)``
   with the log-probabilities from the teacher-forced ``controller.score``.
 
-  With a memory buffer (``setup.buffer.enabled``) the step first stores new
-  cells when an epoch's controller phase starts (:func:`_store`), then adds
-  ``weight * buffer.replay_loss`` on ``replay_samples`` stored cells from
+  With a memory buffer (``setup.buffer.enabled``) the step adds ``weight *
+  buffer.replay_loss`` on ``replay_samples`` stored cells from
   ``replay_start_epoch`` on (the replay loss is computed and reported before
-  that too, with weight 0). Its draws use their own PRNG streams, so the
+  that too, with weight 0). Storing new cells is its own program,
+  :func:`store_cells`, which the loop runs when a controller phase starts
+  (:func:`store_due`). Its draws use their own PRNG streams, so the
   REINFORCE samples are those of the same run without a buffer.
   """
   r = setup.reinforce
@@ -251,11 +253,11 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
 
 
 def _replay_inputs(state: TrainState, setup: Setup):
-  """``(buffer after the store, replayed tokens, their mask, weight)``; the
-  buffer unchanged and weight 0 without a memory buffer."""
+  """``(buffer, replayed tokens, their mask, weight)``; weight 0 without a
+  memory buffer."""
   if not setup.buffer.enabled:
     return state.buffer, None, None, jnp.zeros((), jnp.float32)
-  buf = _store(state, setup)
+  buf = state.buffer
   tokens, mask = buffer_lib.sample(
       buf, _stream_key(state, streams.REPLAY, state.ctrl_step),
       setup.buffer.replay_samples)
@@ -263,26 +265,40 @@ def _replay_inputs(state: TrainState, setup: Setup):
   return buf, tokens, mask, jnp.where(replaying, setup.buffer.weight, 0.0)
 
 
-def _store(state: TrainState, setup: Setup) -> buffer_lib.Buffer:
-  """The buffer after this step's store: at the first controller step of
-  every epoch from ``store_start_epoch`` on, ``store_per_epoch`` cells sampled
-  (train mode) by the controller before the step's update.
-
-  Keyed by the epoch, so a resumed run stores the same cells.
-  """
+def store_due(setup: Setup, *, epoch: int, ctrl_step: int) -> bool:
+  """Whether the memory buffer stores cells before controller step
+  ``ctrl_step`` of ``epoch``: at the first controller step of every epoch
+  from ``store_start_epoch`` on (host-side, from the counters)."""
   cfg = setup.buffer
-  first_step = state.ctrl_step % setup.reinforce.steps_per_epoch == 0
-  storing = first_step & (state.epoch >= cfg.store_start_epoch)
+  return bool(cfg.enabled
+              and ctrl_step % setup.reinforce.steps_per_epoch == 0
+              and epoch >= cfg.store_start_epoch)
 
-  def store(buf):
-    k_sample, k_add = jax.random.split(
-        _stream_key(state, streams.STORE, state.epoch))
-    cells = controller.sample(state.ctrl, k_sample, cfg.store_per_epoch,
-                              config=setup.ctrl, mode="train").tokens
-    return buffer_lib.add(buf, cells, k_add, policy=cfg.policy,
-                          replace_rows=cfg.replace_rows)
 
-  return jax.lax.cond(storing, store, lambda buf: buf, state.buffer)
+def store(state: TrainState, setup: Setup) -> TrainState:
+  """:func:`store_cells`, not jitted (for use inside other programs)."""
+  cfg = setup.buffer
+  k_sample, k_add = jax.random.split(
+      _stream_key(state, streams.STORE, state.epoch))
+  cells = controller.sample(state.ctrl, k_sample, cfg.store_per_epoch,
+                            config=setup.ctrl, mode="train").tokens
+  return state._replace(buffer=buffer_lib.add(
+      state.buffer, cells, k_add, policy=cfg.policy,
+      replace_rows=cfg.replace_rows))
+
+
+@functools.partial(jax.jit, static_argnames="setup", donate_argnums=0)
+def store_cells(state: TrainState, *, setup: Setup) -> TrainState:
+  """The memory buffer's store: ``store_per_epoch`` cells sampled (train
+  mode) by the controller before the phase's first update, added to the
+  buffer by its policy.
+
+  Keyed by the epoch, so a resumed run stores the same cells. A program of
+  its own rather than a ``lax.cond`` inside every controller step: under
+  ``vmap`` (stacked seeds) a cond becomes a select, which would sample the
+  stored cells at every step.
+  """
+  return store(state, setup)
 
 
 @functools.partial(jax.jit, static_argnames=("step", "length", "setup"),

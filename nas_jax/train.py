@@ -38,6 +38,7 @@ from nas_jax import evaluation
 from nas_jax import metrics as metrics_lib
 from nas_jax import rundir
 from nas_jax import search_space
+from nas_jax import seeds
 from nas_jax import settings
 from nas_jax import steps
 
@@ -155,28 +156,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     rundir.WorkdirMismatch: ``workdir`` holds a run of another config.
     TrainingDiverged: a non-finite loss (names step and last checkpoint).
   """
-  loop = _Loop(config, workdir)
+  return train_many([config], [workdir], stacked=False)[0]
+
+
+def train_many(configs, workdirs, *, stacked: bool = True
+               ) -> list[rundir.LoadedRun]:
+  """Runs (or resumes) one search per config, each in its own directory;
+  the configs must differ only in ``seed``. Returns the finished runs.
+
+  With ``stacked`` the unfinished runs advance together as one state with a
+  leading seed axis (:mod:`nas_jax.seeds`): every window of steps is one
+  ``vmap``-ed program, while each run keeps its own logs, checkpoints,
+  derive and best cell, the same (to float tolerance) as running it alone
+  with :func:`train_and_evaluate`. Runs resumed at different points (a
+  crash between two seeds' checkpoints) advance in groups of equal
+  progress, one group after another. Without ``stacked`` the runs go one
+  after another.
+
+  Raises:
+    As :func:`train_and_evaluate`; ``settings.ConfigError`` if the configs
+    differ in more than ``seed`` or repeat a seed.
+  """
+  configs, workdirs = list(configs), list(workdirs)
+  _check_many(configs, workdirs)
+  corpus, setup, train_data, valid_data = _load_data(configs[0])
+  runs = []
   try:
-    loop.run()
-    return loop.loaded()
+    for config, workdir in zip(configs, workdirs):
+      runs.append(_Run(config, workdir, setup))
+    groups = {}
+    for run in runs:
+      if run.finished:
+        print(f"run {run.workdir} already complete; best cell:",
+              json.dumps(run.best), flush=True)
+      else:
+        groups.setdefault(run.progress() if stacked else id(run),
+                          []).append(run)
+    if stacked and len(groups) > 1:
+      print(f"{sum(map(len, groups.values()))} runs resumed at "
+            f"{len(groups)} different points: they advance in "
+            f"{len(groups)} groups", flush=True)
+    for group in groups.values():
+      _Loop(group, setup, corpus, train_data, valid_data).run()
+    return [run.loaded(corpus, setup) for run in runs]
   finally:
-    loop.close()
+    for run in runs:
+      run.close()
 
 
-class _Loop:
-  """State and files of one run; :meth:`run` drives the phases."""
+def _check_many(configs, workdirs) -> None:
+  if not configs or len(configs) != len(workdirs):
+    raise ValueError(f"need one workdir per config, got {len(configs)} "
+                     f"configs and {len(workdirs)} workdirs")
+  seeds = [int(c.seed) for c in configs]
+  if len(set(seeds)) != len(seeds):
+    raise settings.ConfigError(f"config seeds repeat: {seeds}")
+  if len(set(workdirs)) != len(workdirs):
+    raise ValueError(f"workdirs repeat: {workdirs}")
+  first = rundir.flatten(configs[0].to_dict())
+  first.pop("seed")
+  for config in configs[1:]:
+    other = rundir.flatten(config.to_dict())
+    other.pop("seed")
+    differences = rundir.config_differences(first, other)
+    if differences:
+      raise settings.ConfigError(
+          "runs trained together may differ only in seed; seed "
+          f"{config.seed} differs in: {'; '.join(differences)}")
 
-  def __init__(self, config, workdir):
-    self.config = config
-    self.workdir = workdir
-    self.corpus, self.setup, train_data, self.valid_data = _load_data(config)
-    self.phases = (_shared_phase(self.setup, train_data),
-                   _ctrl_phase(self.setup, self.valid_data))
-    cadence = self.setup.cadence
-    self.ckpt = rundir.RunDirectory(workdir, config,
-                                    max_to_keep=cadence.keep_checkpoints)
+
+class _Run:
+  """One run's files (checkpoints, logs) and record, restored or new."""
+
+  def __init__(self, config, workdir, setup):
+    self.config, self.workdir = config, workdir
+    self.ckpt = rundir.RunDirectory(
+        workdir, config, max_to_keep=setup.cadence.keep_checkpoints)
     self.writer = metrics_lib.RunWriter(workdir)
-    fresh = steps.init_state(self.setup, config.seed)
+    fresh = steps.init_state(setup, config.seed)
     restored = self.ckpt.restore(fresh)
     if restored is None:
       self.state = fresh
@@ -192,117 +249,167 @@ class _Loop:
             f"{int(self.state.shared_step)}, controller step "
             f"{int(self.state.ctrl_step)})", flush=True)
 
+  def progress(self) -> tuple[int, int, int]:
+    return (int(self.state.epoch), int(self.state.shared_step),
+            int(self.state.ctrl_step))
+
+  def save(self, state, finished=False):
+    # offsets() flushes the logs first, so the checkpoint never points past
+    # what is on disk.
+    self.ckpt.save(state, {"offsets": self.writer.offsets(),
+                           "finished": finished, "best": self.best})
+
   def close(self):
     self.writer.close()
     self.ckpt.close()
 
-  def loaded(self) -> rundir.LoadedRun:
+  def loaded(self, corpus, setup) -> rundir.LoadedRun:
     """The run as :func:`rundir.load_run` would load it now."""
     return rundir.LoadedRun(
-        config=self.config, corpus=self.corpus, setup=self.setup,
-        state=self.state,
-        initial=steps.init_state(self.setup, self.config.seed),
+        config=self.config, corpus=corpus, setup=setup, state=self.state,
+        initial=steps.init_state(setup, self.config.seed),
         description=self.ckpt.latest_description(), best=self.best,
         finished=self.finished)
 
-  # -- checkpoints ----------------------------------------------------------
+
+def _first(x) -> int:
+  """A counter of the (possibly stacked) state: equal across its seeds."""
+  return int(np.asarray(x).reshape(-1)[0])
+
+
+class _Loop:
+  """Drives runs at the same progress through their remaining epochs: one
+  run with its own state, or several stacked on a leading seed axis."""
+
+  def __init__(self, runs, setup, corpus, train_data, valid_data):
+    self.runs, self.setup, self.corpus = runs, setup, corpus
+    self.valid_data = valid_data
+    self.stacked = len(runs) > 1
+    self.phases = (_shared_phase(setup, train_data),
+                   _ctrl_phase(setup, valid_data))
+    if self.stacked:
+      self.state = seeds.stack([run.state for run in runs])
+      for run in runs:
+        run.state = None  # The stacked state holds it until the end.
+    else:
+      self.state = runs[0].state
+
+  def _seed_state(self, i):
+    return seeds.unstack(self.state, i) if self.stacked else self.state
 
   def save(self, finished=False):
-    # offsets() flushes the logs first, so the checkpoint never points past
-    # what is on disk.
-    self.ckpt.save(self.state, {"offsets": self.writer.offsets(),
-                                "finished": finished, "best": self.best})
+    for i, run in enumerate(self.runs):
+      run.save(self._seed_state(i), finished=finished)
+      run.finished = finished
 
-  def _diverged(self, what, where):
+  def _diverged(self, run, what, where, epoch):
+    inside = f" in {run.workdir}" if self.stacked else ""
     raise TrainingDiverged(
-        f"non-finite {what} at {where} (epoch {int(self.state.epoch)}); "
-        f"last good checkpoint: {self.ckpt.latest_description()}")
+        f"non-finite {what} at {where} (epoch {epoch}){inside}; "
+        f"last good checkpoint: {run.ckpt.latest_description()}")
 
   # -- phases ---------------------------------------------------------------
 
   def run(self) -> None:
-    if self.finished:
-      print("run already complete; best cell:", json.dumps(self.best),
-            flush=True)
-      return
-    while int(self.state.epoch) < self.setup.cadence.epochs:
-      epoch = int(self.state.epoch)
-      for phase in self.phases:
-        self._run_phase(phase, epoch)
-      self._end_epoch(epoch)
+    try:
+      while _first(self.state.epoch) < self.setup.cadence.epochs:
+        epoch = _first(self.state.epoch)
+        for phase in self.phases:
+          self._run_phase(phase, epoch)
+        self._end_epoch(epoch)
+    finally:
+      for i, run in enumerate(self.runs):
+        run.state = self._seed_state(i)
 
   def _run_phase(self, phase: Phase, epoch: int) -> None:
     """Runs what remains of ``phase`` in ``epoch``, window by window."""
     total, cadence = phase.steps_per_epoch, self.setup.cadence
-    done = int(getattr(self.state, phase.counter)) - epoch * total
+    done = _first(getattr(self.state, phase.counter)) - epoch * total
     if done >= total:
       return
+    if phase.counter == "ctrl_step" and steps.store_due(
+        self.setup, epoch=epoch, ctrl_step=epoch * total + done):
+      store = seeds.store_cells if self.stacked else steps.store_cells
+      self.state = store(self.state, setup=self.setup)
+    where = f" ({len(self.runs)} seeds)" if self.stacked else ""
     bar = metrics_lib.progress(
-        total, done, f"epoch {epoch + 1}/{cadence.epochs} {phase.name}")
+        total, done,
+        f"epoch {epoch + 1}/{cadence.epochs} {phase.name}{where}")
     while done < total:
       # Up to the next multiple of log_every, or the phase end.
       length = min(cadence.log_every - done % cadence.log_every, total - done)
       start = time.perf_counter()
-      self.state, stacked = steps.run_window(
-          self.state, phase.data, step=phase.step, length=length,
-          setup=self.setup)
-      means = self._observe(phase, epoch, epoch * total + done,
-                            jax.device_get(stacked), length)
+      window = seeds.run_windows if self.stacked else steps.run_window
+      self.state, stacked = window(self.state, phase.data, step=phase.step,
+                                   length=length, setup=self.setup)
+      stacked = jax.device_get(stacked)
+      rate = length / (time.perf_counter() - start)
+      per_run = ([{k: v[i] for k, v in stacked.items()}
+                  for i in range(len(self.runs))] if self.stacked
+                 else [stacked])
+      shown = []
+      for run, run_metrics in zip(self.runs, per_run):
+        means = self._observe(run, phase, epoch, epoch * total + done,
+                              run_metrics, length)
+        values = phase.summary(means)
+        values[phase.rate_key] = rate
+        run.writer.metrics(epoch * total + done + length, epoch, values,
+                           counter=phase.counter)
+        shown.append(list(values.items())[:2])
       done += length
       bar.update(length)
-      values = phase.summary(means)
-      values[phase.rate_key] = length / (time.perf_counter() - start)
-      self.writer.metrics(epoch * total + done, epoch, values,
-                          counter=phase.counter)
-      bar.set_postfix({k: f"{v:.4g}" for k, v in list(values.items())[:2]})
+      bar.set_postfix({key: f"{np.mean([v[n][1] for v in shown]):.4g}"
+                       for n, (key, _) in enumerate(shown[0])})
       if done % cadence.checkpoint_every == 0 or done == total:
         self.save()
     bar.close()
 
-  def _observe(self, phase: Phase, epoch: int, first_step: int,
+  def _observe(self, run, phase: Phase, epoch: int, first_step: int,
                stacked: dict, length: int) -> dict:
-    """Checks and logs each step of a window; returns the window's means.
+    """Checks and logs each step of a run's window; returns its means.
 
-    A non-finite step stops the run naming it; nothing of its window is
+    A non-finite step stops the runs naming it; nothing of its window is
     saved, so the last checkpoint is the last good state.
     """
     window = metrics_lib.Window()
     for k in range(length):
       m = {name: value[k] for name, value in stacked.items()}
       if not phase.finite(m):
-        self._diverged(phase.what, f"{phase.name} step {first_step + k}")
+        self._diverged(run, phase.what, f"{phase.name} step {first_step + k}",
+                       epoch)
       if phase.log_cells:
-        self.writer.archs(first_step + k, epoch, m["cells"],
-                          m["cell_rewards"], m["cell_ppl"])
+        run.writer.archs(first_step + k, epoch, m["cells"],
+                         m["cell_rewards"], m["cell_ppl"])
       window.add(**phase.scalars(m))
     return window.pop()
 
   def _end_epoch(self, epoch):
     last = epoch + 1 == self.setup.cadence.epochs
-    derived = None
+    derived = [None] * len(self.runs)
     if last or (epoch + 1) % self.setup.derive.every_epochs == 0:
-      derived = self._derive(epoch, final=last)
+      derived = [self._derive(run, self._seed_state(i), epoch, final=last)
+                 for i, run in enumerate(self.runs)]
     self.state = self.state._replace(epoch=self.state.epoch + 1)
-    self._summary(epoch, derived)
+    for run, record in zip(self.runs, derived):
+      self._summary(run, epoch, record)
     self.save(finished=last)
-    self.finished = last
 
   # -- derive ---------------------------------------------------------------
 
-  def _derive(self, epoch, final):
+  def _derive(self, run, state, epoch, final):
     """Samples the derive cells, keeps the best, evaluates and logs it."""
     start = time.perf_counter()
-    cells, ppl = steps.derive_cells(self.state, self.valid_data,
-                                    setup=self.setup)
+    cells, ppl = steps.derive_cells(state, self.valid_data, setup=self.setup)
     cells, ppl = np.asarray(cells), np.asarray(ppl)
     finite = np.isfinite(ppl)
     if not finite.any():
-      self._diverged("derive perplexity of every cell", f"epoch {epoch}")
+      self._diverged(run, "derive perplexity of every cell", f"epoch {epoch}",
+                     epoch)
     best_i = int(np.argmin(np.where(finite, ppl, np.inf)))
-    record = self._evaluate_best(epoch, cells[best_i], float(ppl[best_i]),
-                                 final)
-    self.writer.derived(epoch, cells, ppl, best_i)
-    self.writer.metrics(int(self.state.shared_step), epoch, {
+    record = self._evaluate_best(run, state, epoch, cells[best_i],
+                                 float(ppl[best_i]), final)
+    run.writer.derived(epoch, cells, ppl, best_i)
+    run.writer.metrics(_first(state.shared_step), epoch, {
         "valid/ppl": record["valid_ppl"],
         "derive/batch_ppl_best": float(ppl[best_i]),
         "derive/batch_ppl_median": float(np.median(ppl[finite])),
@@ -311,24 +418,25 @@ class _Loop:
     # ``best`` is the best derived cell so far (epoch summaries); the run's
     # answer, best_arch.json, is the last derive's cell under the final
     # weights, as in ENAS.
-    if (self.best is None or record["valid_ppl"] < self.best["valid_ppl"]
+    if (run.best is None or record["valid_ppl"] < run.best["valid_ppl"]
         or final):
-      self.best = record
+      run.best = record
     if final:
       if "test_ppl" in record:
-        self.writer.metrics(int(self.state.shared_step), epoch,
-                            {"test/ppl": record["test_ppl"]})
-      self.writer.best_arch(record)
+        run.writer.metrics(_first(state.shared_step), epoch,
+                           {"test/ppl": record["test_ppl"]})
+      run.writer.best_arch(record)
     return record
 
-  def _evaluate_best(self, epoch, tokens, batch_ppl, final) -> dict:
+  def _evaluate_best(self, run, state, epoch, tokens, batch_ppl, final
+                     ) -> dict:
     """The derived cell's record: exact valid ppl (and test ppl if final)."""
     ev = dict(config=self.setup.model, bptt=self.setup.shared.bptt,
               batch_size=self.setup.eval.batch_size,
               max_windows=self.setup.eval.max_windows)
     cell = jnp.asarray(tokens)
     valid_ppl, valid_tokens = evaluation.evaluate_cell(
-        self.state.shared, cell, self.corpus.valid, **ev)
+        state.shared, cell, self.corpus.valid, **ev)
     record = {
         "epoch": epoch, "tokens": tokens.tolist(),
         "arch": str(search_space.Architecture.from_tokens(tokens)),
@@ -336,16 +444,18 @@ class _Loop:
         "valid_tokens": valid_tokens}
     if final:
       record["test_ppl"], record["test_tokens"] = evaluation.evaluate_cell(
-          self.state.shared, cell, self.corpus.test, **ev)
+          state.shared, cell, self.corpus.test, **ev)
     for key in ("valid_ppl", "test_ppl"):
       if key in record and not math.isfinite(record[key]):
-        self._diverged(key.replace("_", " ") + " of the derived cell",
-                       f"epoch {epoch}")
+        self._diverged(run, key.replace("_", " ") + " of the derived cell",
+                       f"epoch {epoch}", epoch)
     return record
 
-  def _summary(self, epoch, derived):
-    last = self.writer.last_values
+  def _summary(self, run, epoch, derived):
+    last = run.writer.last_values
     parts = [f"epoch {epoch + 1}/{self.setup.cadence.epochs}"]
+    if self.stacked:
+      parts.insert(0, f"seed {run.config.seed}")
     if "train/ppl" in last:
       parts.append(f"train ppl {last['train/ppl']:.1f}")
     if self.setup.reinforce.steps_per_epoch and "ctrl/reward" in last:
@@ -353,7 +463,7 @@ class _Loop:
       parts.append(f"entropy {last['ctrl/entropy']:.3f}")
     if derived is not None:
       parts.append(f"derived valid ppl {derived['valid_ppl']:.1f}")
-    if self.best is not None:
-      parts.append(f"best {self.best['arch']} "
-                   f"(valid ppl {self.best['valid_ppl']:.1f})")
+    if run.best is not None:
+      parts.append(f"best {run.best['arch']} "
+                   f"(valid ppl {run.best['valid_ppl']:.1f})")
     print(" | ".join(parts), flush=True)

@@ -225,12 +225,15 @@ def _config(**overrides):
 
 
 def _controller_steps(config, toy_data, num_steps):
-  """Runs ``num_steps`` controller steps, ending epochs as the loop does."""
+  """Runs ``num_steps`` controller steps, storing and ending epochs as the
+  loop does."""
   setup = settings.make_setup(config, VOCAB)
   state = steps.init_state(setup, config.seed)
   per_epoch = config.controller.steps_per_epoch
   logs = []
   for i in range(num_steps):
+    if steps.store_due(setup, epoch=int(state.epoch), ctrl_step=i):
+      state = steps.store_cells(state, setup=setup)
     state, m = steps.controller_step(state, toy_data, setup=setup)
     logs.append(jax.device_get(m))
     if (i + 1) % per_epoch == 0:

@@ -214,3 +214,155 @@ def test_initial_carry_shape_is_checked(params):
   with pytest.raises(ValueError, match="initial_carry c"):
     controller.sample(params, jax.random.key(0), 2, config=CFG,
                       initial_carry=bad)
+
+
+# ---------------------------------------------------------------------------
+# The fast sampler and scorer against the plain formulation.
+
+
+def _plain_unroll(params, config, mode, *, key=None, tokens=None, num=None,
+                  initial_carry=None):
+  """The plain controller, written out: at every step the LSTM on
+  ``[x; h] @ lstm_w`` with ``x`` the embedding of the previous token (zeros at
+  step 0), the padded masked head, and ``jax.random.categorical(fold_in(key,
+  t), logits)`` (or the given token). Returns a ``controller.Rollout``."""
+  hidden = config.hidden_size
+  sizes = search_space.decision_sizes(config.num_nodes)
+  num = tokens.shape[0] if tokens is not None else num
+  if initial_carry is None:
+    c = h = jnp.zeros((num, hidden))
+  else:
+    c, h = (jnp.broadcast_to(a, (num, hidden)) for a in initial_carry)
+  x = jnp.zeros((num, hidden))
+  out = {name: [] for name in controller.Rollout._fields}
+  for t in range(config.num_steps):
+    gates = jnp.concatenate([x, h], -1) @ params["lstm_w"] + params["lstm_b"]
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    logits = h @ params["head_w"][t] + params["head_b"][t]
+    logits = logits / config.temperature
+    if mode == "train":
+      logits = config.tanh_constant * jnp.tanh(logits)
+    valid = jnp.arange(config.num_choices) < sizes[t]
+    logits = jnp.where(valid, logits, -1e9)
+    log_p = jax.nn.log_softmax(logits)
+    if tokens is None:
+      token = jax.random.categorical(jax.random.fold_in(key, t), logits)
+    else:
+      token = tokens[:, t]
+    token = token.astype(jnp.int32)
+    out["tokens"].append(token)
+    out["log_probs"].append(
+        jnp.take_along_axis(log_p, token[:, None], -1)[:, 0])
+    out["entropies"].append(
+        -jnp.sum(jnp.where(valid, jnp.exp(log_p) * log_p, 0.0), -1))
+    out["c"].append(c)
+    out["h"].append(h)
+    row = token + (0 if t % 2 == 0 else search_space.NUM_ACTIVATIONS)
+    x = params["embedding"][row]
+  return controller.Rollout(**{k: jnp.stack(v, 1) for k, v in out.items()})
+
+
+def _assert_rollouts_match(got, want):
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  assert got.tokens.dtype == jnp.int32
+  for field in ("log_probs", "entropies", "c", "h"):
+    assert getattr(got, field).shape == getattr(want, field).shape, field
+    np.testing.assert_allclose(getattr(got, field), getattr(want, field),
+                               atol=2e-6, err_msg=field)
+
+
+def _carries(kind, num, hidden):
+  """Initial carries of each kind: shared ones take the prefix-tree path."""
+  key = jax.random.key(9)
+  if kind == "zero":
+    return None
+  if kind == "shared":  # [H] parts.
+    return tuple(jax.random.normal(jax.random.fold_in(key, i), (hidden,))
+                 for i in range(2))
+  if kind == "per_cell":  # [num, H] parts.
+    return tuple(jax.random.normal(jax.random.fold_in(key, i), (num, hidden))
+                 for i in range(2))
+  # One part per cell, one shared: the cells' states differ from step 0.
+  return (jax.random.normal(key, (hidden,)),
+          jax.random.normal(key, (num, hidden)))
+
+
+@pytest.mark.parametrize("mode,carry", [
+    ("train", "zero"), ("derive", "zero"), ("train", "shared"),
+    ("derive", "per_cell"), ("train", "mixed")])
+def test_sample_matches_the_plain_controller(params, mode, carry):
+  """Same keys, same tokens; log-probs, entropies and carries to tolerance."""
+  initial_carry = _carries(carry, NUM, CFG.hidden_size)
+  for seed in (11, 12, 13):
+    key = jax.random.key(seed)
+    got = controller.sample(params, key, NUM, config=CFG, mode=mode,
+                            initial_carry=initial_carry)
+    want = _plain_unroll(params, CFG, mode, key=key, num=NUM,
+                         initial_carry=initial_carry)
+    _assert_rollouts_match(got, want)
+
+
+@pytest.mark.parametrize("num_nodes,num", [
+    (2, 64),  # Fewer distinct prefixes than cells at every step.
+    (5, 1),  # One cell: no shared prefixes.
+    # As for the default 1000 cells: 7 prefix steps (384 prefixes), then 16.
+    (12, 400),
+])
+def test_sample_matches_the_plain_controller_at_every_size(num_nodes, num):
+  """The prefix-tree phase and the per-cell phase, each alone and together."""
+  config = controller.ControllerConfig(num_nodes=num_nodes, hidden_size=12)
+  # Drawn with numpy: controller.init would compile for every config.
+  rng = np.random.default_rng(num_nodes)
+  shapes = jax.eval_shape(controller.init, jax.random.key(0), config)
+  params = {name: jnp.asarray(rng.uniform(-1.0, 1.0, s.shape), jnp.float32)
+            for name, s in shapes.items()}
+  key = jax.random.key(4)
+  got = controller.sample(params, key, num, config=config)
+  want = _plain_unroll(params, config, "train", key=key, num=num)
+  _assert_rollouts_match(got, want)
+
+
+@pytest.mark.parametrize("mode,carry", [
+    ("train", "zero"), ("derive", "zero"), ("train", "mixed")])
+def test_score_matches_the_plain_controller(params, rollout, mode, carry):
+  """Teacher-forced outputs equal the plain formulation's."""
+  initial_carry = _carries(carry, NUM, CFG.hidden_size)
+  got = controller.score(params, rollout.tokens, config=CFG, mode=mode,
+                         initial_carry=initial_carry)
+  want = _plain_unroll(params, CFG, mode, tokens=rollout.tokens,
+                       initial_carry=initial_carry)
+  _assert_rollouts_match(got, want)
+
+
+def test_score_gradients_match_the_plain_controller(params, rollout):
+  """Gradients through the input table equal those of ``[x; h] @ W``."""
+  weights = jax.random.normal(jax.random.key(6), rollout.log_probs.shape)
+
+  def loss(p, unroll):
+    scored = unroll(p)
+    return (jnp.sum(scored.log_probs * weights) + jnp.sum(scored.entropies)
+            + jnp.sum(scored.h[:, -1]))
+
+  got = jax.grad(loss)(params, lambda p: controller.score(
+      p, rollout.tokens, config=CFG))
+  want = jax.jit(jax.grad(loss), static_argnums=1)(
+      params, lambda p: _plain_unroll(p, CFG, "train", tokens=rollout.tokens))
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5,
+                               err_msg=name)
+
+
+@pytest.mark.parametrize("key", [
+    jax.random.key(21),
+    jax.random.PRNGKey(22),  # A raw uint32[2] key.
+    jax.random.key(23, impl="rbg"),  # Not threefry: jax.random.gumbel itself.
+], ids=["threefry", "raw", "rbg"])
+def test_gumbel_noise_is_that_of_jax_random(key):
+  """Bitwise the noise ``jax.random.categorical(fold_in(key, t), .)`` adds."""
+  noise = controller._gumbel_noise(key, NUM, CFG)
+  want = jnp.stack([
+      jax.random.gumbel(jax.random.fold_in(key, t), (NUM, CFG.num_choices))
+      for t in range(CFG.num_steps)])
+  np.testing.assert_array_equal(noise, want)

@@ -80,3 +80,33 @@ def test_separate_seed_jobs_merge_into_one_report(tmp_path):
   with pytest.raises(FileNotFoundError, match="run the experiment"):
     enas_vs_random.run(_config(**{"seeds": (0, 2), "report_only": True}),
                        workdir)
+
+
+class _Stop(Exception):
+  pass
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("stacked", [("enas", (0, 1)), ("random_ws", (0, 1))]),
+    ("sequential", [("enas", (0,)), ("random_ws", (0,))]),
+])
+def test_seeds_mode_batches_the_searches(mode, expected, monkeypatch,
+                                         tmp_path):
+  """Stacked: each method's searches of all seeds in one train_many call,
+  before the per-seed steps; sequential: seed 0's two searches first."""
+  calls = []
+
+  def train_many(configs, workdirs, *, stacked):
+    methods = {c.search.algorithm for c in configs}
+    calls.append((methods.pop(), tuple(c.seed for c in configs)))
+    assert not methods and stacked == (len(configs) > 1)
+    return []
+
+  def stop(*args, **kwargs):
+    raise _Stop
+
+  monkeypatch.setattr(enas_vs_random.train, "train_many", train_many)
+  monkeypatch.setattr(enas_vs_random, "density", stop)
+  with pytest.raises(_Stop):
+    enas_vs_random.run(_config(seeds_mode=mode), str(tmp_path))
+  assert calls == expected

@@ -180,3 +180,46 @@ def test_tiny_experiment_end_to_end(tmp_path):
   again = memory_buffer.run(config, workdir)
   assert (again["comparisons"]["clean"]["encoding_score"]
           == comp["encoding_score"])
+
+
+class _Stop(Exception):
+  pass
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("stacked", [("none", (0, 1, 2)), ("clean", (0, 1, 2))]),
+    ("sequential", [("none", (0,)), ("clean", (0,)), ("none", (1,)),
+                    ("clean", (1,)), ("none", (2,)), ("clean", (2,))]),
+])
+def test_seeds_mode_batches_the_runs(mode, expected, monkeypatch, tmp_path):
+  """Stacked: each arm's seeds in one train_many call (stacked); sequential:
+  seed by seed, whole pairs first. Each run keeps its own directory."""
+  calls = []
+
+  def train_many(configs, workdirs, *, stacked):
+    arms = {c.buffer.variant for c in configs}
+    calls.append((arms.pop(), tuple(c.seed for c in configs)))
+    assert not arms and stacked == (len(configs) > 1)
+    assert workdirs == [files.run_dir(str(tmp_path), calls[-1][0], c.seed)
+                        for c in configs]
+    return []
+
+  def stop(*args, **kwargs):
+    raise _Stop
+
+  monkeypatch.setattr(memory_buffer.train, "train_many", train_many)
+  monkeypatch.setattr(buffer_comparison, "collect", stop)
+  config = _config("smoke")
+  config.seeds = (0, 1, 2)
+  config.seeds_mode = mode
+  with pytest.raises(_Stop):
+    memory_buffer.run(config, str(tmp_path))
+  assert calls == expected
+  config.seeds_mode = "parallel"
+  with pytest.raises(settings.ConfigError, match="seeds_mode"):
+    memory_buffer.run(config, str(tmp_path))
+
+
+def test_auto_seeds_mode_is_sequential_on_a_cpu():
+  assert not common.stacked_seeds(_config())  # The tests run on the CPU.
+  assert _config().seeds_mode == "auto"

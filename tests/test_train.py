@@ -12,12 +12,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import experiments
 from experiments import common
 from nas_jax import metrics
 from nas_jax import search_space
+from nas_jax import seeds
+from nas_jax import settings
 from nas_jax import train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,3 +169,81 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
                      match=r"shared step 1 .*last good checkpoint"):
     train.train_and_evaluate(config, workdir)
   assert not os.path.exists(os.path.join(workdir, "best_arch.json"))
+
+
+# ---------------------------------------------------------------------------
+# Several runs trained together (train_many).
+
+
+def _assert_same_run(stacked, single):
+  """Same logs, cells and best cell: cells and counters exactly, numbers to
+  float tolerance (batching over seeds may reorder sums)."""
+  a, b = _run_outputs(stacked), _run_outputs(single)
+  for name in ("metrics", "archs", "derived"):
+    assert len(a[name]) == len(b[name]), name
+    for row, ref in zip(a[name], b[name]):
+      assert row.keys() == ref.keys(), name
+      for key, value in row.items():
+        if key in ("cells", "tokens", "step", "epoch", "arch", "best"):
+          assert value == ref[key], (name, key)
+        elif value is not None:
+          np.testing.assert_allclose(value, ref[key], rtol=1e-3, atol=1e-4,
+                                     err_msg=f"{name}/{key}")
+  assert a["best"]["arch"] == b["best"]["arch"]
+  assert a["best"]["valid_ppl"] == pytest.approx(b["best"]["valid_ppl"],
+                                                 rel=1e-4)
+
+
+def test_stacked_runs_equal_single_runs_and_resume(tmp_path, monkeypatch):
+  """Two seeds with the memory buffer, stacked, stopped once and resumed:
+  each run's directory holds what its single run writes."""
+  configs = [smoke_config(seed=s, **{"buffer.variant": "clean"})
+             for s in (0, 3)]
+  singles = [str(tmp_path / f"single_{c.seed}") for c in configs]
+  for config, workdir in zip(configs, singles):
+    train.train_and_evaluate(config, workdir)
+  together = [str(tmp_path / f"stacked_{c.seed}") for c in configs]
+  real, calls = seeds.run_windows, []
+
+  def interrupted(*args, **kwargs):
+    # Window 6 is epoch 1's first controller window: the resumed runs must
+    # store into their buffers first, as the single runs did.
+    calls.append(1)
+    if len(calls) == 6:
+      raise KeyboardInterrupt
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(seeds, "run_windows", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_many(configs, together)
+  monkeypatch.setattr(seeds, "run_windows", real)
+  loaded = train.train_many(configs, together)
+  assert len(calls) == 6  # The resumed runs did not use the patched one.
+  for run, stacked, single in zip(loaded, together, singles):
+    assert run.finished
+    _assert_same_run(stacked, single)
+  sizes = [r["buffer/size"] for r in _run_outputs(together[1])["metrics"]
+           if "buffer/size" in r]
+  assert max(sizes) == 2 * configs[0].buffer.store_per_epoch
+
+
+def test_train_many_skips_finished_runs(smoke_run, tmp_path, capsys):
+  """A finished run is reported, the others train (here one, alone)."""
+  workdir, best = smoke_run
+  other = str(tmp_path / "seed_1")
+  runs = train.train_many([smoke_config(), smoke_config(seed=1)],
+                          [workdir, other])
+  assert "already complete" in capsys.readouterr().out
+  assert runs[0].best == best and runs[1].finished
+  assert runs[1].best["arch"] != "" and os.path.isfile(
+      os.path.join(other, "best_arch.json"))
+
+
+def test_train_many_rejects_configs_that_differ_beyond_the_seed(tmp_path):
+  dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
+  with pytest.raises(settings.ConfigError, match="train.lr"):
+    train.train_many([smoke_config(), smoke_config(seed=1, **{"train.lr": 1.0})],
+                     dirs)
+  with pytest.raises(settings.ConfigError, match="seeds repeat"):
+    train.train_many([smoke_config(), smoke_config()], dirs)
+  assert not os.path.exists(dirs[0])  # Checked before any directory.
