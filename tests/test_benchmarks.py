@@ -28,17 +28,18 @@ def test_step_flops_formula():
 
 
 def test_stacked_seeds_benchmark_runs(capsys):
-  """Tiny sizes: one row per S with positive rates, JSON last line."""
+  """Tiny sizes: one row per (hidden, S) with positive rates, the
+  speedup_h{H}_s{S} keys, JSON last line."""
   from benchmarks import stacked_seeds
   result = stacked_seeds.main([
-      "--seeds", "1", "2", "--hidden", "8", "--nodes", "3", "--batch", "2",
-      "--bptt", "3", "--vocab", "20", "--steps", "2", "--ctrl-steps", "2"])
+      "--seeds", "2", "--hidden", "8", "--nodes", "3", "--batch", "2",
+      "--bptt", "3", "--vocab", "20", "--window", "2", "--repeats", "1"])
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert json.loads(last) == result
-  assert [r["seeds"] for r in result["rows"]] == [1, 2]
-  for row in result["rows"]:
-    for key, value in row.items():
-      assert value > 0, key
+  assert [(r["hidden"], r["seeds"]) for r in result["rows"]] == [(8, 2)]
+  for key, value in result["rows"][0].items():
+    assert value > 0, key
+  assert result["speedup_h8_s2"] == result["rows"][0]["speedup"]
 
 
 def test_search_loop_benchmark_runs(capsys):
@@ -52,3 +53,38 @@ def test_search_loop_benchmark_runs(capsys):
   for key in ("shared_loop_over_bare", "ctrl_loop_over_bare",
               "loop_shared_steps_per_s", "bare_ctrl_steps_per_s"):
     assert result[key] > 0, key
+
+
+def test_controller_benchmark_runs(capsys):
+  """Tiny sizes: same tokens as the reference sampler, JSON last line."""
+  import jax
+  from benchmarks import controller
+  result = controller.main([
+      "--num-cells", "8", "--score-cells", "2", "--nodes", "2", "--hidden",
+      "4", "--repeats", "2", "--steps", "1", "--warmup", "1", "--preset",
+      "smoke"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert json.loads(last) == result
+  assert result["tokens_match"]
+  assert result["backend"] == jax.default_backend()
+  for key in ("sample_1000_ms", "sample_1000_ms_reference", "score_grad_ms",
+              "score_grad_ms_reference", "step_ms"):
+    assert result[key] > 0, key
+
+
+def test_probe_stats_benchmark_runs(capsys):
+  """Tiny sizes: the statistics of the probe run, JSON last line with the
+  total and its parts."""
+  from benchmarks import probe_stats
+  result = probe_stats.main([
+      "--num-cells", "16", "--num-permutations", "19", "--num-bootstrap",
+      "20", "--ged-max-pairs", "10", "--num-inf", "2", "--carry-dim", "6"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert json.loads(last) == result
+  assert result["num_cells"] == 16 and result["ged_pairs"] == 10
+  for key in ("total_s", "analyse_s", "mantel_s", "bootstrap_s", "ridge_s",
+              "neighbours_s", "ged_s", "graph_metrics_s"):
+    assert result[key] > 0, key
+  assert result["analyse_s"] >= result["total_s"]
+  assert set(result["main_p_mantel"]) >= {"aligned_edit_distance",
+                                          "abs_ppl_difference"}

@@ -68,3 +68,21 @@ def test_ridge_cv_constant_target():
   assert np.isnan(res["r2"]) and np.isnan(res["r2_constant"])
   with pytest.raises(ValueError, match="folds"):
     carry_probes.ridge_cv(x[:7], np.arange(7.0))
+
+
+def test_ridge_cv_many_equals_ridge_cv_per_target():
+  """Shared folds and SVDs: each target's dict is ridge_cv's."""
+  rng = np.random.default_rng(21)
+  x = rng.normal(size=(60, 7))
+  ys = {"signal": x[:, 0] + 0.3 * rng.normal(size=60),
+        "noise": rng.normal(size=60), "constant": np.full(60, 2.0),
+        "integer": rng.integers(0, 4, size=60).astype(float)}
+  many = carry_probes.ridge_cv_many(x, ys, seed=4)
+  assert list(many) == list(ys)
+  for name, y in ys.items():
+    ref = carry_probes.ridge_cv(x, y, seed=4)
+    assert list(many[name]) == list(ref), name
+    for key, value in ref.items():
+      np.testing.assert_allclose(many[name][key], value, rtol=0, atol=1e-12,
+                                 err_msg=f"{name}/{key}")
+  assert many["signal"]["r2"] > 0.5 and many["constant"]["constant_target"]

@@ -200,3 +200,18 @@ def test_two_sided_permutation_p():
   assert pairwise.two_sided_permutation_p(np.array([0.1, 0.2, 0.3]),
                                           -0.9) == 0.25
   assert np.isnan(pairwise.two_sided_permutation_p(np.zeros(0), 0.4))
+
+
+@pytest.mark.parametrize("n, slope", [(5, 0.0), (40, 0.3), (3000, 0.05),
+                                      (3000, 0.9)])
+def test_naive_p_values_match_scipy(n, slope):
+  """From the coefficients, without ranking again: scipy's p-values."""
+  rng = np.random.default_rng(n)
+  x = rng.normal(size=n)
+  y = slope * x + rng.normal(size=n)
+  rho = pairwise.pearson(sp_stats.rankdata(x), sp_stats.rankdata(y))
+  p_spearman, p_pearson = pairwise.naive_p_values(rho, pairwise.pearson(x, y),
+                                                  n)
+  assert p_spearman == pytest.approx(sp_stats.spearmanr(x, y).pvalue,
+                                     rel=1e-9)
+  assert p_pearson == pytest.approx(sp_stats.pearsonr(x, y).pvalue, rel=1e-9)

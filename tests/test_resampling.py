@@ -46,7 +46,7 @@ def test_bootstrap_weights_match_explicit_resamples():
   a = pairwise.pairwise_l2(rng.normal(size=(k, 2)))
   b = _integer_metric(k, seed=9)
   i, j = pairwise.pairs_index(k)
-  boot = resampling._PairBootstrap(a[i, j], b[i, j], i, j)
+  boot = resampling.PairBootstrap(a[i, j], b[i, j], i, j)
   draws = rng.integers(0, k, size=(6, k))
   counts = np.stack([np.bincount(d, minlength=k) for d in draws]).astype(float)
   got = boot(counts)

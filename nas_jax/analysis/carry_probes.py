@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sp_stats
 
 from nas_jax import streams
+from nas_jax.analysis import blas
 from nas_jax.analysis import pairwise
 from nas_jax.analysis import resampling
 
@@ -190,22 +191,76 @@ def ridge_cv(x, y, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
                r2_constant_fold_mean=math.nan, alpha_per_fold=nan_list,
                r2_by_alpha=[math.nan] * alphas.size)
     return out
+  return _ridge_cv_batch(x, {"y": y}, alphas, folds, seed)["y"]
 
+
+def ridge_cv_many(x, ys: Mapping[str, np.ndarray], *,
+                  alphas: Sequence[float] = DEFAULT_ALPHAS, folds: int = 5,
+                  seed: int = 0) -> dict[str, dict[str, Any]]:
+  """:func:`ridge_cv` of ``x`` against every target in ``ys``, together.
+
+  ``ridge_cv`` draws its folds from a fresh generator of ``seed``, so every
+  target gets the same outer and inner folds, and the thin SVD of each
+  training part's standardised features does not depend on the target:
+  one SVD per (outer, inner) fold serves all targets (``u^T y`` becomes
+  ``u^T Y``). The numbers are ``ridge_cv``'s to rounding (~1e-15).
+
+  Args:
+    x: ``float[K, D]`` features.
+    ys: name -> ``float[K]`` target.
+    alphas, folds, seed: as :func:`ridge_cv`.
+
+  Returns:
+    name -> the dict of ``ridge_cv(x, ys[name], ...)``.
+  """
+  out, batch = {}, {}
+  for name, y in ys.items():
+    xc, yc, sorted_alphas = _check_ridge_inputs(x, y, alphas, folds)
+    if np.std(yc) <= 1e-12 * max(1.0, abs(float(np.mean(yc)))):
+      out[name] = ridge_cv(x, y, alphas=alphas, folds=folds, seed=seed)
+    else:
+      batch[name] = yc
+  if batch:
+    out.update(_ridge_cv_batch(xc, batch, sorted_alphas, folds, seed))
+  return {name: out[name] for name in ys}
+
+
+def _ridge_cv_batch(x: np.ndarray, ys: dict[str, np.ndarray],
+                    alphas: np.ndarray, folds: int,
+                    seed: int) -> dict[str, dict[str, Any]]:
+  """:func:`ridge_cv_many` for checked, non-constant targets."""
+  with blas.single_threaded():  # Many medium SVDs: see nas_jax.analysis.blas.
+    return _ridge_cv_batch_body(x, ys, alphas, folds, seed)
+
+
+def _ridge_cv_batch_body(x, ys, alphas, folds, seed):
+  names = list(ys)
+  y = np.stack([ys[n] for n in names], axis=1)                # [K, T]
+  n = x.shape[0]
   generator = resampling.rng(seed, streams.FOLDS)
   outer = _fold_ids(n, folds, generator)
-  nested = np.empty(n)
-  constant = np.empty(n)
-  by_alpha = np.empty((n, alphas.size))
-  chosen = []
+  by_alpha = np.empty((n, len(names), alphas.size))
+  chosen = np.empty((folds, len(names)), dtype=np.int64)
+  constant = np.empty((n, len(names)))
   for f in range(folds):
     train, test = outer != f, outer == f
-    xt, yt = x[train], y[train]
-    best = _inner_cv_alpha(xt, yt, alphas, folds, generator)
-    chosen.append(float(alphas[best]))
-    by_alpha[test] = _ridge_predictions(xt, yt, x[test], alphas)
-    nested[test] = by_alpha[test, best]
-    constant[test] = yt.mean()
+    chosen[f] = _inner_cv_alpha(x[train], y[train], alphas, folds, generator)
+    by_alpha[test] = _ridge_predictions(x[train], y[train], x[test], alphas)
+    constant[test] = y[train].mean(axis=0)
+  out = {}
+  for t, name in enumerate(names):
+    nested = by_alpha[np.arange(n), t, chosen[outer, t]]
+    out[name] = {
+        "alphas": alphas.tolist(), "folds": int(folds), "num_samples": int(n),
+        "num_features": int(x.shape[1]), "constant_target": False,
+        **_ridge_summary(y[:, t], outer, folds, nested, constant[:, t],
+                         by_alpha[:, t], alphas[chosen[:, t]])}
+  return out
 
+
+def _ridge_summary(y, outer, folds, nested, constant, by_alpha,
+                   chosen) -> dict[str, Any]:
+  """The R^2 entries of :func:`ridge_cv` from its out-of-fold predictions."""
   r2_fold = [_r2(y[outer == f], nested[outer == f]) for f in range(folds)]
   r2_const_fold = [_r2(y[outer == f], constant[outer == f])
                    for f in range(folds)]
@@ -213,12 +268,13 @@ def ridge_cv(x, y, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
     warnings.simplefilter("ignore", RuntimeWarning)  # All-NaN folds.
     fold_mean = float(np.nanmean(r2_fold))
     const_fold_mean = float(np.nanmean(r2_const_fold))
-  out.update(
-      r2=_r2(y, nested), r2_constant=_r2(y, constant), r2_fold=r2_fold,
-      r2_fold_mean=fold_mean, r2_constant_fold_mean=const_fold_mean,
-      alpha_per_fold=chosen,
-      r2_by_alpha=[_r2(y, by_alpha[:, c]) for c in range(alphas.size)])
-  return out
+  return {
+      "r2": _r2(y, nested), "r2_constant": _r2(y, constant),
+      "r2_fold": r2_fold, "r2_fold_mean": fold_mean,
+      "r2_constant_fold_mean": const_fold_mean,
+      "alpha_per_fold": [float(a) for a in chosen],
+      "r2_by_alpha": [_r2(y, by_alpha[:, c]) for c in range(by_alpha.shape[1])],
+  }
 
 
 def _check_ridge_inputs(x, y, alphas, folds
@@ -251,38 +307,41 @@ def _fold_ids(n: int, folds: int,
 
 
 def _inner_cv_alpha(x: np.ndarray, y: np.ndarray, alphas: np.ndarray,
-                    folds: int, generator: np.random.Generator) -> int:
-  """Index of the alpha with the lowest pooled squared error of a
-  ``folds``-fold CV on ``(x, y)``; ties go to the larger alpha."""
+                    folds: int, generator: np.random.Generator) -> np.ndarray:
+  """Per target (column of ``y`` ``[n, T]``), the index of the alpha with the
+  lowest pooled squared error of a ``folds``-fold CV on ``(x, y)``; ties go
+  to the larger alpha."""
   inner = _fold_ids(x.shape[0], folds, generator)
-  sse = np.zeros(alphas.size)
+  sse = np.zeros((y.shape[1], alphas.size))
   for g in range(folds):
     fit, held = inner != g, inner == g
     pred = _ridge_predictions(x[fit], y[fit], x[held], alphas)
-    sse += np.sum((y[held, None] - pred) ** 2, axis=0)
-  return alphas.size - 1 - int(np.argmin(sse[::-1]))
+    sse += np.sum((y[held, :, None] - pred) ** 2, axis=0)
+  return alphas.size - 1 - np.argmin(sse[:, ::-1], axis=1)
 
 
 def _ridge_predictions(x_train: np.ndarray, y_train: np.ndarray,
                        x_test: np.ndarray,
                        alphas: np.ndarray) -> np.ndarray:
-  """Ridge predictions ``float[n_test, n_alphas]``, one column per alpha.
+  """Ridge predictions ``float[n_test, T, n_alphas]`` for the targets
+  ``y_train`` ``[n_train, T]``, one column per alpha.
 
   Features are standardised with the training part's mean and standard
   deviation (a constant training column is only centred, so it becomes 0);
-  the target is centred on the training mean, which is the intercept
-  (unpenalised). Solved for all alphas at once from one thin SVD.
+  each target is centred on its training mean, which is the intercept
+  (unpenalised). Solved for all targets and alphas from one thin SVD.
   """
   mu = x_train.mean(axis=0)
   sd = x_train.std(axis=0)
   sd = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(mu)), sd, 1.0)
   xs = (x_train - mu) / sd
-  y_mean = y_train.mean()
+  y_mean = y_train.mean(axis=0)                               # [T]
   u, s, vt = np.linalg.svd(xs, full_matrices=False)
-  uty = u.T @ (y_train - y_mean)                              # [r]
+  uty = u.T @ (y_train - y_mean)                              # [r, T]
   shrink = s[:, None] / (s[:, None] ** 2 + alphas[None, :])   # [r, n_alphas]
-  coef = vt.T @ (shrink * uty[:, None])                       # [D, n_alphas]
-  return ((x_test - mu) / sd) @ coef + y_mean
+  coef = vt.T @ (shrink[:, None, :] * uty[:, :, None]).reshape(s.size, -1)
+  pred = ((x_test - mu) / sd) @ coef                          # [n, T * A]
+  return pred.reshape(x_test.shape[0], -1, alphas.size) + y_mean[:, None]
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:

@@ -21,7 +21,10 @@ remedies:
   of the bootstrap distribution is the confidence interval.
 
 The fast null and bootstrap distributions are computed in
-:mod:`nas_jax.analysis.resampling`. Also here: pairwise L2 / cosine matrices
+:mod:`nas_jax.analysis.resampling`; :func:`correlate_batch.correlate_many
+<nas_jax.analysis.correlate_batch.correlate_many>` gives :func:`correlate`'s
+results for many (distance, metric) pairs over the same cells at once. Also
+here: pairwise L2 / cosine matrices
 of hidden states (:func:`pairwise_l2`, :func:`pairwise_cosine_similarity`),
 the pair order (:func:`pairs_index`, :func:`upper_triangle`) and the
 "shuffled cells" control (:func:`permuted_pairs_control`).
@@ -46,6 +49,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import special as sp_special
 from scipy import stats as sp_stats
 
 from nas_jax import streams
@@ -162,9 +166,31 @@ def upper_triangle(m) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+  """Pearson's r as the dot product of the standardised vectors."""
   return float(np.einsum("m,m->", resampling.standardise(x),
                          resampling.standardise(y)))
+
+
+def naive_p_values(rho: float, r: float, n: int) -> tuple[float, float]:
+  """scipy's p-values of ``spearmanr`` and ``pearsonr`` for ``n`` pairs,
+  computed from the coefficients with scipy's formulas (Student's t with
+  ``n - 2`` degrees of freedom for rho, the beta distribution of r), so the
+  pairs are not ranked again. They treat pairs as independent: too small.
+
+  scipy computes the coefficient itself (``corrcoef`` of the ranks), which
+  differs from ``rho`` by rounding, so the p-values agree to ~1e-12
+  relative; at ``|rho| = 1`` to rounding this gives 0 where scipy may give
+  ~1e-60.
+  """
+  dof = n - 2
+  rho, r = np.float64(rho), np.clip(np.float64(r), -1.0, 1.0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    t = rho * np.sqrt(np.clip(dof / ((rho + 1.0) * (1.0 - rho)), 0.0, None))
+  p_spearman = float(2.0 * sp_special.stdtr(dof, -abs(t)))
+  ab = n / 2.0 - 1.0
+  p_pearson = float(2.0 * sp_special.betaincc(ab, ab, (abs(r) + 1.0) / 2.0))
+  return p_spearman, p_pearson
 
 
 def two_sided_permutation_p(null: np.ndarray, observed: float) -> float:
@@ -191,7 +217,7 @@ def _null_sd(null: np.ndarray) -> float:
   return float(np.std(null)) if null.size >= 2 else math.nan
 
 
-def _check_pairs(pairs, k: int) -> tuple[np.ndarray, np.ndarray]:
+def check_pairs(pairs, k: int) -> tuple[np.ndarray, np.ndarray]:
   """Validated ``(i, j)``, ``i < j`` (each pair reordered), in input order."""
   p = np.asarray(pairs)
   if p.ndim != 2 or p.shape[1] != 2 or not (
@@ -257,13 +283,13 @@ def correlate(a, b, *, pairs=None, num_permutations: int = 999,
     Mantel: the cells of ``a`` are permuted (``a[pi][:, pi]``) and the
     statistic recomputed over the same pairs; with all pairs this equals
     permuting ``b``. Bootstrap: see
-    :class:`nas_jax.analysis.resampling._PairBootstrap`; pairs of resample
+    :class:`nas_jax.analysis.resampling.PairBootstrap`; pairs of resample
     positions holding the same original cell are dropped, so an original
     pair ``(u, v)`` counts ``c[u] c[v]`` times.
   """
   a, b = as_square(a, "a"), as_square(b, "b")
-  _check_settings(a, b, num_permutations, num_bootstrap, ci)
-  i, j = _pairs_used(a, b, pairs, num_permutations)
+  check_settings(a, b, num_permutations, num_bootstrap, ci)
+  i, j = pairs_used(a, b, pairs, num_permutations)
   k = a.shape[0]
   x, y = a[i, j], b[i, j]
   out: dict[str, Any] = {
@@ -274,24 +300,24 @@ def correlate(a, b, *, pairs=None, num_permutations: int = 999,
       "seed": int(seed), "constant_input": False,
   }
   if resampling.is_constant(x) or resampling.is_constant(y):
-    out.update(_constant_input())
+    out.update(constant_input())
     return out
 
   rx, ry = sp_stats.rankdata(x), sp_stats.rankdata(y)
-  rho, r = _pearson(rx, ry), _pearson(x, y)
+  rho, r = pearson(rx, ry), pearson(x, y)
   p_spearman = float(sp_stats.spearmanr(x, y).pvalue)
   p_pearson = float(sp_stats.pearsonr(x, y).pvalue)
   null = _mantel_null(a, x, rx, y, ry, i, j, all_pairs=pairs is None,
                       num_permutations=num_permutations, seed=seed)
   boot = _bootstrap(x, y, i, j, k, num_bootstrap, seed)
   out.update(
-      spearman=_summary("rho", rho, p_spearman, null[:, 1], boot[:, 1], ci),
-      pearson=_summary("r", r, p_pearson, null[:, 0], boot[:, 0], ci),
-      linear_fit=_linear_fit(x, y, r))
+      spearman=summary("rho", rho, p_spearman, null[:, 1], boot[:, 1], ci),
+      pearson=summary("r", r, p_pearson, null[:, 0], boot[:, 0], ci),
+      linear_fit=linear_fit(x, y, r))
   return out
 
 
-def _check_settings(a: np.ndarray, b: np.ndarray, num_permutations: int,
+def check_settings(a: np.ndarray, b: np.ndarray, num_permutations: int,
                     num_bootstrap: int, ci: float) -> None:
   if a.shape != b.shape:
     raise ValueError(f"a and b differ in shape: {a.shape} vs {b.shape}")
@@ -304,7 +330,7 @@ def _check_settings(a: np.ndarray, b: np.ndarray, num_permutations: int,
       raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
 
-def _pairs_used(a: np.ndarray, b: np.ndarray, pairs,
+def pairs_used(a: np.ndarray, b: np.ndarray, pairs,
                 num_permutations: int) -> tuple[np.ndarray, np.ndarray]:
   """The pairs ``(i, j)`` :func:`correlate` reads, after checking the values
   of ``a`` and ``b`` it needs."""
@@ -312,7 +338,7 @@ def _pairs_used(a: np.ndarray, b: np.ndarray, pairs,
   if pairs is None:
     i, j = pairs_index(k)
   else:
-    i, j = _check_pairs(pairs, k)
+    i, j = check_pairs(pairs, k)
   if i.size < 3:
     raise ValueError(f"need at least 3 pairs, got {i.size}")
   if not (np.all(np.isfinite(a[i, j])) and np.all(np.isfinite(b[i, j]))):
@@ -328,7 +354,7 @@ def _pairs_used(a: np.ndarray, b: np.ndarray, pairs,
   return i, j
 
 
-def _constant_input() -> dict[str, Any]:
+def constant_input() -> dict[str, Any]:
   """The statistics of :func:`correlate` when a matrix is constant: NaN."""
   blank = {"p_naive": math.nan, "p_mantel": math.nan,
            "ci": (math.nan, math.nan), "null_sd": math.nan,
@@ -364,7 +390,7 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, i: np.ndarray, j: np.ndarray,
       resampling.rng(seed, streams.BOOTSTRAP))
 
 
-def _summary(name: str, value: float, p_naive: float, null: np.ndarray,
+def summary(name: str, value: float, p_naive: float, null: np.ndarray,
              boot: np.ndarray, ci: float) -> dict[str, Any]:
   """One coefficient's entry of :func:`correlate`, from its null and
   bootstrap distributions (empty when skipped)."""
@@ -377,7 +403,7 @@ def _summary(name: str, value: float, p_naive: float, null: np.ndarray,
   return res
 
 
-def _linear_fit(x: np.ndarray, y: np.ndarray, r: float) -> dict[str, float]:
+def linear_fit(x: np.ndarray, y: np.ndarray, r: float) -> dict[str, float]:
   """Least-squares ``y ~ slope * x + intercept``; ``r2`` is ``r`` squared."""
   slope = float(np.dot(x - x.mean(), y - y.mean()) /
                 np.dot(x - x.mean(), x - x.mean()))

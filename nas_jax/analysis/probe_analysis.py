@@ -15,16 +15,29 @@ verdicts (:func:`verdicts`) and writes ``report.md``, ``figures/*.png`` and
 The carry analysed (``h``, and ``c`` and ``[c, h]`` beside it) is the LSTM
 state after the last decision step's input: the state the last decision's
 logits came from, so it has **not** seen the last activation token.
+
+Every correlation is the dict of one :func:`pairwise.correlate
+<nas_jax.analysis.pairwise.correlate>` call (or
+:func:`pairwise.permuted_pairs_control`), but they are computed together by
+:func:`correlate_batch.correlate_many
+<nas_jax.analysis.correlate_batch.correlate_many>`, which shares the
+permutations and resamples all those calls draw alike, and the ridge probes
+of one carry share their SVDs (:func:`carry_probes.ridge_cv_many`): the same
+numbers, an order of magnitude faster at ``K = 1000`` (``python -m
+benchmarks.probe_stats``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
 
+from nas_jax.analysis import blas
 from nas_jax.analysis import carry_probes
+from nas_jax.analysis import correlate_batch
 from nas_jax.analysis import edit_distance
 from nas_jax.analysis import graph_metrics
 from nas_jax.analysis import pairwise
@@ -45,6 +58,13 @@ SUBSET_METRICS = ("topological_ged", "labelled_ged")
 CARRIES = ("h", "c", "ch")
 MAIN_CARRY, MAIN_DISTANCE = "h", "l2"
 ALPHA = 0.05
+# The shuffled-cells control (pairwise.permuted_pairs_control): its key while
+# it is computed with the carries, and its number of permutations (that
+# function's default, whatever the settings say).
+_CONTROL = "_permuted"
+_CONTROL_PERMUTATIONS = 999
+# Threads for the permutation nulls; the numbers do not depend on it.
+_WORKERS = min(4, os.cpu_count() or 1)
 
 
 def _carry(raw, arm, name):
@@ -74,15 +94,6 @@ def _graph_metrics(tokens, p, pairs):
   return out
 
 
-def _correlate(dist, metric, name, p, pairs, full):
-  kwargs = dict(num_permutations=p.num_permutations,
-                num_bootstrap=p.num_bootstrap if full else 0, seed=p.seed)
-  if name in SUBSET_METRICS:
-    finite = np.isfinite(metric[pairs[:, 0], pairs[:, 1]])
-    kwargs["pairs"] = pairs[finite]
-  return pairwise.correlate(dist, metric, **kwargs)
-
-
 def analyse(raw: dict[str, np.ndarray], p, run_dir: str) -> dict[str, Any]:
   """All statistics of the probe, as a JSON-able dict (see README schema)."""
   k = raw["trained/tokens"].shape[0]
@@ -93,8 +104,9 @@ def analyse(raw: dict[str, np.ndarray], p, run_dir: str) -> dict[str, Any]:
       "ctrl_steps": int(raw["ctrl_steps"]), "num_cells": k,
       "num_pairs": k * (k - 1) // 2, "ged_pairs": int(len(pairs)),
       "settings": p.to_dict(), "arms": {}}
-  for arm in ARMS:
-    results["arms"][arm] = _analyse_arm(raw, arm, p, pairs)
+  with blas.single_threaded():  # Many small products: nas_jax.analysis.blas.
+    for arm in ARMS:
+      results["arms"][arm] = _analyse_arm(raw, arm, p, pairs)
   results["verdicts"] = verdicts(results)
   return results
 
@@ -106,13 +118,14 @@ def _analyse_arm(raw, arm, p, pairs) -> dict[str, Any]:
   metrics = _graph_metrics(tokens, p, pairs)
   props = graph_metrics.cell_properties(tokens)
   main_dist = _distance(_carry(raw, arm, MAIN_CARRY), MAIN_DISTANCE)
+  correlations = _correlations(raw, arm, metrics, main_dist, p, pairs)
   arm_res: dict[str, Any] = {
       "unique_cells": len({tuple(t) for t in tokens}),
       "ppl_median": float(np.median(ppl)),
       "ppl_non_finite": int(np.sum(~np.isfinite(ppl))),
       "ged_timeouts": {n: int(np.sum(~np.isfinite(
           metrics[n][pairs[:, 0], pairs[:, 1]]))) for n in SUBSET_METRICS},
-      "correlations": _correlations(raw, arm, metrics, main_dist, p, pairs),
+      "correlations": correlations["correlations"],
       "nearest_neighbour": {
           name: carry_probes.nearest_neighbour_check(
               main_dist, metrics[name], larger_is_similar=larger_similar,
@@ -120,11 +133,8 @@ def _analyse_arm(raw, arm, p, pairs) -> dict[str, Any]:
           for name, larger_similar in METRICS.items()
           if name not in SUBSET_METRICS},
       "ridge": _ridge(raw, arm, props, p)}
-  if arm == "trained":
-    arm_res["permuted"] = {
-        name: pairwise.permuted_pairs_control(main_dist, metrics[name],
-                                              seed=p.seed)
-        for name in METRICS if name not in SUBSET_METRICS}
+  if "permuted" in correlations:
+    arm_res["permuted"] = correlations["permuted"]
   arm_res["per_step"] = {
       "zero_state_entropy": raw[f"{arm}/entropies"].mean(0).tolist(),
       "zero_state_max_prob": raw[f"{arm}/max_prob"].mean(0).tolist(),
@@ -141,38 +151,58 @@ def _analyse_arm(raw, arm, p, pairs) -> dict[str, Any]:
 
 
 def _correlations(raw, arm, metrics, main_dist, p, pairs) -> dict[str, Any]:
-  """``"carry/distance" -> metric ->`` :func:`pairwise.correlate` result.
+  """``{"correlations": {"carry/distance": {metric: correlate dict}}}``,
+  plus ``"permuted"`` (the shuffled-cells control) for the trained arm.
 
-  Bootstrap CIs and the perplexity row only for the main carry and distance
-  (``main_dist``).
+  Every entry is :func:`pairwise.correlate`'s (and
+  :func:`pairwise.permuted_pairs_control`'s) for the same arguments, computed
+  together by :func:`correlate_batch.correlate_many`, which shares the
+  permutations and resamples all those calls draw alike. Bootstrap CIs and
+  the perplexity row only for the main carry and distance (``main_dist``);
+  the perplexity row is over the pairs of cells whose ppl is finite.
   """
-  out = {}
+  main = f"{MAIN_CARRY}/{MAIN_DISTANCE}"
+  dists = {}
   for carry in CARRIES:
     x = _carry(raw, arm, carry)
     for kind in ("l2", "cosine"):
-      full = (carry, kind) == (MAIN_CARRY, MAIN_DISTANCE)
-      dist = main_dist if full else _distance(x, kind)
-      table = {name: _correlate(dist, metrics[name], name, p, pairs, full)
-               for name in METRICS}
-      if full:
-        table["abs_ppl_difference"] = _ppl_correlation(
-            dist, raw[f"{arm}/ppl"], p)
-      out[f"{carry}/{kind}"] = table
+      key = f"{carry}/{kind}"
+      dists[key] = main_dist if key == main else _distance(x, kind)
+  whole = [n for n in METRICS if n not in SUBSET_METRICS]
+  only = {key: list(METRICS) for key in dists}
+  only[main] = [*METRICS, "abs_ppl_difference"]
+  num_permutations = {key: p.num_permutations for key in dists}
+  if arm == "trained":  # permuted_pairs_control's settings.
+    k = main_dist.shape[0]
+    perm = pairwise.control_permutation(k, p.seed)
+    dists[_CONTROL] = main_dist[np.ix_(perm, perm)]
+    only[_CONTROL] = whole
+    num_permutations[_CONTROL] = _CONTROL_PERMUTATIONS
+  ppl = raw[f"{arm}/ppl"]
+  finite = np.isfinite(ppl)
+  known = {n: pairs[np.isfinite(metrics[n][pairs[:, 0], pairs[:, 1]])]
+           for n in SUBSET_METRICS}
+  table = correlate_batch.correlate_many(
+      dists, {**metrics, "abs_ppl_difference": _ppl_difference(ppl)},
+      cells={"abs_ppl_difference": finite}, pairs=known, only=only,
+      num_permutations=num_permutations,
+      num_bootstrap={key: p.num_bootstrap if key == main else 0
+                     for key in dists},
+      seed=p.seed, workers=_WORKERS)
+  out = {"correlations": {key: table[key] for key in dists
+                          if key != _CONTROL}}
+  if _CONTROL in table:
+    out["permuted"] = {name: {**res, "control_seed": int(p.seed)}
+                       for name, res in table[_CONTROL].items()}
   return out
 
 
-def _ppl_correlation(dist, ppl, p) -> dict[str, Any]:
-  """Carry distance against the absolute difference of shared-weight ppl."""
-  # Cells whose shared-weight ppl overflowed (inf) have no finite
-  # difference: only pairs of finite-ppl cells enter.
+def _ppl_difference(ppl) -> np.ndarray:
+  """``|ppl_i - ppl_j|`` ``[K, K]``; only read where both are finite (cells
+  whose shared-weight ppl overflowed have no finite difference)."""
   finite = np.isfinite(ppl)
-  diff = np.abs(np.where(finite, ppl, 0.0)[:, None]
+  return np.abs(np.where(finite, ppl, 0.0)[:, None]
                 - np.where(finite, ppl, 0.0)[None, :])
-  all_pairs = np.stack(pairwise.pairs_index(ppl.shape[0]), axis=1)
-  keep = finite[all_pairs[:, 0]] & finite[all_pairs[:, 1]]
-  return pairwise.correlate(
-      dist, diff, pairs=all_pairs[keep], num_permutations=p.num_permutations,
-      num_bootstrap=p.num_bootstrap, seed=p.seed)
 
 
 def _ridge(raw, arm, props, p) -> dict[str, Any]:
@@ -182,9 +212,10 @@ def _ridge(raw, arm, props, p) -> dict[str, Any]:
   out = {}
   for carry in CARRIES:
     x = _carry(raw, arm, carry)
-    out[carry] = {
-        name: carry_probes.ridge_cv(x, np.asarray(y, np.float64), seed=p.seed)
-        for name, y in props.items()}
+    # One SVD per fold for all properties (ridge_cv's numbers).
+    out[carry] = carry_probes.ridge_cv_many(
+        x, {name: np.asarray(y, np.float64) for name, y in props.items()},
+        seed=p.seed)
     # log ppl on the cells where it is finite.
     out[carry]["log_ppl"] = carry_probes.ridge_cv(
         x[finite], np.log(ppl[finite]), seed=p.seed)

@@ -13,14 +13,21 @@ and :mod:`nas_jax.analysis.paired`:
   of the permutation tests and percentile bootstrap intervals.
 * The null and bootstrap distributions of Pearson's r and Spearman's rho over
   the pairs of ``K`` cells (:func:`mantel_all_pairs`, :func:`mantel_subset`,
-  :func:`bootstrap_over_cells`), which :func:`pairwise.correlate
-  <nas_jax.analysis.pairwise.correlate>` reports.
+  :func:`bootstrap_over_cells`, the resamples by
+  :func:`bootstrap_count_chunks`), which :func:`pairwise.correlate
+  <nas_jax.analysis.pairwise.correlate>` reports. These compute one
+  correlation per call and are the reference definitions; many correlations
+  over the same cells share their permutations and resamples in
+  :mod:`nas_jax.analysis.mantel_batch`, :mod:`nas_jax.analysis.bootstrap_batch`
+  and :func:`correlate_batch.correlate_many
+  <nas_jax.analysis.correlate_batch.correlate_many>` (same numbers, tested).
 
-Speed (``K = 1000``, 499,500 pairs, single-threaded): the Mantel test
-gathers the upper triangle of a pre-ranked, pre-standardised matrix once per
-permutation (rank once: a permutation of cells only permutes the pair
-values), about 10 ms per permutation for Spearman and Pearson together; the
-bootstrap works on pair weights (:class:`_PairBootstrap`) without sorting,
+Speed of one call (``K = 1000``, 499,500 pairs, single-threaded): the
+Mantel test gathers the upper triangle of a pre-ranked, pre-standardised
+matrix once per permutation (rank once: a permutation of cells only permutes
+the pair values), about 10 ms per permutation for Spearman and Pearson
+together; the
+bootstrap works on pair weights (:class:`PairBootstrap`) without sorting,
 20-40 ms per resample. So 999 permutations and 1000 resamples take about
 10 s and 20-40 s on a busy 2-core machine; ``K = 100`` takes well under a
 second. No BLAS call sits in the loops (einsum), so the results do not
@@ -42,7 +49,7 @@ from scipy import stats as sp_stats
 P_TOL = 1e-10
 
 # Bound on the number of float64 entries of one working chunk ([rows, M]).
-_CHUNK_ENTRIES = 1 << 21
+CHUNK_ENTRIES = 1 << 21
 
 
 def rng(seed: int, stream: int) -> np.random.Generator:
@@ -135,7 +142,7 @@ def mantel_subset(a: np.ndarray, y: np.ndarray, ry: np.ndarray,
   m = i.size
   zy, zry = standardise(y), standardise(ry)
   null = np.empty((perms.shape[0], 2))
-  rows = max(1, _CHUNK_ENTRIES // max(m, 1))
+  rows = max(1, CHUNK_ENTRIES // max(m, 1))
   for start in range(0, perms.shape[0], rows):
     chunk = perms[start:start + rows]
     values = a[chunk[:, i], chunk[:, j]]                      # [rows, M]
@@ -159,20 +166,28 @@ def bootstrap_over_cells(x: np.ndarray, y: np.ndarray, i: np.ndarray,
 
   Each resample draws ``num_cells`` cells with replacement; its statistic is
   taken over the pairs ``(i, j)`` with values ``x`` and ``y``, as explained
-  in :class:`_PairBootstrap`. NaN where a resample is degenerate.
+  in :class:`PairBootstrap`. NaN where a resample is degenerate.
   """
-  # Chunks depend on K only: for a given (seed, K) every metric, subset or
-  # not, sees the same resamples of cells.
-  stat = _PairBootstrap(x, y, i, j)
-  rows = max(1, _CHUNK_ENTRIES // num_cells)
-  parts = []
+  stat = PairBootstrap(x, y, i, j)
+  return np.concatenate([stat(counts) for counts in bootstrap_count_chunks(
+      num_cells, num_resamples, generator)])
+
+
+def bootstrap_count_chunks(num_cells: int, num_resamples: int,
+                           generator: np.random.Generator):
+  """Yields the resamples of :func:`bootstrap_over_cells` as count chunks
+  ``float64[rows, num_cells]`` (``counts[r, u]``: draws of cell ``u``).
+
+  Chunks depend on ``K`` only: for a given (seed, K) every metric, subset or
+  not, sees the same resamples of cells.
+  """
+  rows = max(1, CHUNK_ENTRIES // num_cells)
   for start in range(0, num_resamples, rows):
     n = min(rows, num_resamples - start)
-    parts.append(stat(_bootstrap_counts(n, num_cells, generator)))
-  return np.concatenate(parts)
+    yield _bootstrap_counts(n, num_cells, generator)
 
 
-class _PairBootstrap:
+class PairBootstrap:
   """Pearson and Spearman over the pairs of cell resamples, via pair weights.
 
   A resample of ``K`` cells with replacement is summarised by the count
@@ -210,7 +225,7 @@ class _PairBootstrap:
     self.gid_x, self.gid_y = self.gid_x.ravel(), self.gid_y.ravel()
     self.num_x, self.num_y = int(self.gid_x.max()) + 1, int(
         self.gid_y.max()) + 1
-    zx, zy = _unit_sd(x), _unit_sd(y)
+    zx, zy = unit_sd(x), unit_sd(y)
     self.moments = np.stack([np.ones_like(zx), zx, zy, zx * zx, zy * zy,
                              zx * zy], axis=1)                # [M, 6]
 
@@ -220,7 +235,7 @@ class _PairBootstrap:
     for row, c in enumerate(counts):
       w = c.take(self.i)
       w *= c.take(self.j)                                     # [M]
-      out[row, 0] = _pearson_from_moments(
+      out[row, 0] = pearson_from_moments(
           np.einsum("m,mk->k", w, self.moments))
       out[row, 1] = self._spearman(w)
     return out
@@ -245,12 +260,13 @@ class _PairBootstrap:
     return float(np.clip(sxy / math.sqrt(sums_sq[0] * sums_sq[1]), -1.0, 1.0))
 
 
-def _unit_sd(v: np.ndarray) -> np.ndarray:
+def unit_sd(v: np.ndarray) -> np.ndarray:
+  """``(v - mean) / sd`` (``sd`` 1 when ``v`` is constant)."""
   sd = v.std()
   return (v - v.mean()) / (sd if sd > 0 else 1.0)
 
 
-def _pearson_from_moments(s: np.ndarray) -> float:
+def pearson_from_moments(s: np.ndarray) -> float:
   """Pearson r from weighted sums ``[sum w, wx, wy, wx^2, wy^2, wxy]``."""
   sw = s[0]
   if not sw > 0:
