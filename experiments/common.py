@@ -64,6 +64,9 @@ def search_config() -> ml_collections.ConfigDict:
       "reward_c": 80.0,
       "entropy_weight": 1e-4,
       "baseline_decay": 0.95,
+      # The authors restart the EMA baseline and the validation pointer at
+      # every controller phase; False carries both over (TF ENAS).
+      "reset_each_phase": True,
   })
   config.search = ml_collections.ConfigDict({
       "algorithm": "enas",  # or "random_ws", "fixed" (train_fixed).
@@ -88,6 +91,9 @@ def search_config() -> ml_collections.ConfigDict:
       "num_cells": 100,
       "chunk_size": 10,  # cells scored together (memory: chunk x T x B x V).
       "every_epochs": 5,  # and always after the last epoch.
+      # Controller mode of the search's derive: "train" (2.5 tanh, the
+      # authors' search) or "derive" (temperature only, their analyses).
+      "mode": "train",
   })
   config.eval = ml_collections.ConfigDict({
       "batch_size": 64,
@@ -133,6 +139,8 @@ SEARCH_PRESETS: dict[str, dict[str, object]] = {
     # DESIGN's sizes and schedule: for GPUs/TPUs, not for a laptop.
     "paper": {
         "model.hidden_size": 1000,
+        # The authors'; at 0.1 an identity chain overflows at hidden 1000.
+        "model.init_range": 0.025,
         "train.epochs": 150,
         "train.steps_per_epoch": 400,
         "train.batch_size": 64,

@@ -2,9 +2,11 @@
 
 For every seed of ``config.seeds``: one ENAS and one RS-WS search on the same
 budget and data order (``WORKDIR/enas/seed_S``, ``WORKDIR/random_ws/seed_S``);
-the shared-weight ppl of ``density_cells`` cells from the final ENAS
-controller and as many uniform cells, under the ENAS supernet, on the first
-validation window (``enas/seed_S/density.npz``); and each method's derived
+the shared-weight ppl, on the first validation window, of ``density_cells``
+cells from the final ENAS controller under the ENAS supernet and of as many
+uniform cells under the RS-WS supernet (the authors' comparison: each
+sampler under the supernet trained on its cells) and under the ENAS one
+(``enas/seed_S/density.npz``); and each method's derived
 cell trained from scratch on the same budget (``train_fixed``, in
 ``WORKDIR/fixed/METHOD_seed_S``). Then, for ``proxy.num_cells`` uniform cells
 (``proxy.num_cells=0`` skips it): their exact validation ppl under the RS-WS
@@ -97,11 +99,15 @@ def _cell_ppl(loaded, cells):
 
 
 def density(config, workdir, seed):
-  """Controller vs uniform cells under the ENAS supernet (cached)."""
+  """Controller cells under the ENAS supernet, uniform cells under the RS-WS
+  and the ENAS supernets (cached; a cache without every array is redone)."""
   path = analysis.density_path(workdir, seed)
   if os.path.exists(path):
-    return
+    with np.load(path) as cached:
+      if set(analysis.DENSITY_ARRAYS) <= set(cached.files):
+        return
   loaded = rundir.load_run(files.run_dir(workdir, "enas", seed))
+  random_ws = rundir.load_run(files.run_dir(workdir, "random_ws", seed))
   key = jax.random.fold_in(jax.random.key(seed), streams.DENSITY)
   k_ctrl, k_uniform = jax.random.split(key)
   n = config.density_cells
@@ -112,7 +118,8 @@ def density(config, workdir, seed):
       k_uniform, loaded.setup.model.num_nodes, n))
   out = {"controller_cells": ctrl_cells, "uniform_cells": uniform_cells,
          "controller_ppl": _cell_ppl(loaded, ctrl_cells),
-         "uniform_ppl": _cell_ppl(loaded, uniform_cells)}
+         "uniform_ppl": _cell_ppl(loaded, uniform_cells),
+         "uniform_ppl_random_ws": _cell_ppl(random_ws, uniform_cells)}
   files.write_npz(path, **out)
 
 

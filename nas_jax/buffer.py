@@ -26,8 +26,11 @@ in every checkpoint) with pure, jittable :func:`init`, :func:`add` and
 * ``"faithful"``: the authors' quirks: the LSTM reads the first stored token
   as its first input (one step earlier than when sampling), so the first
   token is never predicted and every later one is predicted from a context
-  shifted by one step; the cross-entropy is applied to the *softmax outputs*
-  (probabilities treated as logits, over each decision's valid choices).
+  shifted by one step; stored tokens are fed as *raw ids* (embedding row
+  ``token``, so a parent choice ``j < 4`` reads activation ``j``'s row, where
+  sampling reads row ``4 + j``); the cross-entropy is applied to the
+  *softmax outputs* (probabilities treated as logits, over each decision's
+  valid choices).
 """
 
 from __future__ import annotations
@@ -180,10 +183,11 @@ def sample(buffer: Buffer, key: jax.Array, num: int
 
 def _faithful_cross_entropy(params, tokens, config):
   """Per-sequence mean CE ``[n]`` of the authors' replay (see module doc)."""
-  valid, offset = controller.step_tables(config)
+  valid, _ = controller.step_tables(config)
   n = tokens.shape[0]
   zeros = jnp.zeros((n, config.hidden_size), jnp.float32)
-  x0 = params["embedding"][tokens[:, 0] + offset[0]]
+  # Raw ids, as the authors fed them (no per-kind offset).
+  x0 = params["embedding"][tokens[:, 0]]
 
   def body(state, xs):
     c, h, x = state
@@ -195,7 +199,7 @@ def _faithful_cross_entropy(params, tokens, config):
     z = jnp.where(valid[t], probs, -jnp.inf)
     chosen = jnp.take_along_axis(probs, token[:, None], axis=-1)[:, 0]
     ce = jax.nn.logsumexp(z, axis=-1) - chosen
-    return (c, h, params["embedding"][token + offset[t]]), ce
+    return (c, h, params["embedding"][token]), ce
 
   steps = jnp.arange(1, config.num_steps)
   _, ce = jax.lax.scan(body, (zeros, zeros, x0), (steps, tokens[:, 1:].T))

@@ -96,7 +96,8 @@ class Rollout(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames="config")
 def init(key: jax.Array, config: ControllerConfig) -> Params:
-  """Parameters, all ``U(-init_range, init_range)``."""
+  """Parameters ``U(-init_range, init_range)``, except the heads' biases: 0,
+  as in the authors' code and TF ENAS (their heads start unbiased)."""
   h, k, r = config.hidden_size, config.num_choices, config.init_range
   keys = jax.random.split(key, 5)
 
@@ -108,7 +109,7 @@ def init(key: jax.Array, config: ControllerConfig) -> Params:
       "lstm_w": uniform(keys[1], (2 * h, 4 * h)),  # [input; h] -> i, f, g, o
       "lstm_b": uniform(keys[2], (4 * h,)),
       "head_w": uniform(keys[3], (config.num_steps, h, k)),
-      "head_b": uniform(keys[4], (config.num_steps, k)),
+      "head_b": jnp.zeros((config.num_steps, k), jnp.float32),
   }
 
 

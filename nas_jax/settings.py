@@ -62,14 +62,21 @@ class Reinforce:
   entropy_weight: float = 1e-4
   baseline_decay: float = 0.95
   lr: float = 3.5e-4
+  # The authors': the EMA baseline and the validation pointer restart at
+  # every controller phase (False: both carry over, as in TF ENAS).
+  reset_each_phase: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class Derive:
-  """``num_cells`` sampled and scored ``chunk_size`` at a time."""
+  """``num_cells`` sampled (controller ``mode``) and scored ``chunk_size``
+  at a time."""
   num_cells: int = 100
   chunk_size: int = 10
   every_epochs: int = 5  # And always after the last epoch.
+  # The authors' derive during the search samples in training mode (2.5
+  # tanh); "derive" (temperature only) is what their analysis scripts used.
+  mode: str = "train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,10 +161,11 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
                            else c.steps_per_epoch),
           samples_per_step=c.samples_per_step, reward_c=c.reward_c,
           entropy_weight=c.entropy_weight, baseline_decay=c.baseline_decay,
-          lr=c.lr),
+          lr=c.lr, reset_each_phase=bool(c.reset_each_phase)),
       derive=Derive(num_cells=config.derive.num_cells,
                     chunk_size=config.derive.chunk_size,
-                    every_epochs=config.derive.every_epochs),
+                    every_epochs=config.derive.every_epochs,
+                    mode=config.derive.mode),
       eval=Evaluation(batch_size=config.eval.batch_size,
                       max_windows=config.eval.max_windows),
       cadence=Cadence(epochs=t.epochs, log_every=config.log_every,
@@ -173,6 +181,7 @@ def _check_values(config) -> tuple[int, ...]:
   _check_choice(config, "train.optimizer", SHARED_OPTIMIZERS)
   _check_choice(config, "buffer.variant", buffer_lib.VARIANTS)
   _check_choice(config, "buffer.policy", buffer_lib.POLICIES)
+  _check_choice(config, "derive.mode", controller.MODES)
   for key in _POSITIVE:
     _check_positive(config, key)
   if config.eval.max_windows < 0:

@@ -199,6 +199,8 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
   ``c / ppl + entropy_weight * entropy`` (entropy summed over the cell's
   decisions, as ENAS), EMA baseline, loss ``-mean(sum log p * advantage)``
   with the log-probabilities from the teacher-forced ``controller.score``.
+  With ``reinforce.reset_each_phase`` (the authors') the baseline and the
+  validation pointer restart at every controller phase's first step.
 
   With a memory buffer (``setup.buffer.enabled``) the step adds ``weight *
   buffer.replay_loss`` on ``replay_samples`` stored cells from
@@ -212,14 +214,21 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
   rollout = controller.sample(
       state.ctrl, _stream_key(state, streams.CONTROLLER, state.ctrl_step),
       r.samples_per_step, config=setup.ctrl, mode="train")
-  inputs, targets = data.window(valid_data, state.valid_pos, setup.shared.bptt)
+  # A phase's first step: with reset_each_phase (the authors') the baseline
+  # restarts from this step's reward and the rewards from the first
+  # validation window; otherwise only the run's first step does.
+  restart = ((state.ctrl_step % r.steps_per_epoch == 0)
+             if r.reset_each_phase and r.steps_per_epoch
+             else state.ctrl_step == 0)
+  valid_pos = jnp.where(restart, 0, state.valid_pos)
+  inputs, targets = data.window(valid_data, valid_pos, setup.shared.bptt)
   ppl = jnp.exp(evaluation.cell_losses(state.shared, rollout.tokens, inputs,
                                        targets, config=setup.model))
   entropy = jnp.sum(rollout.entropies, axis=-1)
   reward = r.reward_c / ppl + r.entropy_weight * entropy
   mean_reward = jnp.mean(reward)
   baseline = jnp.where(
-      state.ctrl_step == 0, mean_reward,
+      restart, mean_reward,
       r.baseline_decay * state.baseline + (1.0 - r.baseline_decay) * mean_reward)
   advantage = jax.lax.stop_gradient(reward - baseline)
   buf, replay_tokens, replay_mask, replay_weight = _replay_inputs(state, setup)
@@ -241,7 +250,7 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
   new_state = state._replace(
       ctrl=optax.apply_updates(state.ctrl, updates), ctrl_opt=opt_state,
       baseline=baseline, ctrl_step=state.ctrl_step + 1,
-      valid_pos=data.next_position(state.valid_pos, setup.shared.bptt,
+      valid_pos=data.next_position(valid_pos, setup.shared.bptt,
                                    valid_data.shape[0]),
       buffer=buf)
   return new_state, {
@@ -325,10 +334,11 @@ def derive_cells(state: TrainState, valid_data: jax.Array, *, setup: Setup
                  ) -> tuple[jax.Array, jax.Array]:
   """``K`` cells and their ppl on the first validation window (zero carry).
 
-  ENAS samples in derive mode from the controller; RS-WS draws from its
-  sampler. The key depends on the epoch, so each derive sees new cells.
+  ENAS samples from the controller in ``derive.mode`` (the authors' search:
+  train mode); RS-WS draws from its sampler. The key depends on the epoch,
+  so each derive sees new cells.
   """
   cells = sample_cells(state, _stream_key(state, streams.DERIVE, state.epoch),
-                       setup.derive.num_cells, setup, mode="derive")
+                       setup.derive.num_cells, setup, mode=setup.derive.mode)
   return cells, evaluation.window_ppl(state.shared, cells, valid_data,
                                       setup=setup)

@@ -20,8 +20,11 @@ Cell equations (DESIGN.md), per time step with input ``x`` and state ``h_prev``:
 
 Regularisation (``train=True``, needs a ``key``): embedding dropout (whole
 word rows), locked dropout on the cell inputs and outputs (one mask per
-sequence), DropConnect on node 0's recurrent weights (one mask per call), and
-a per-example clip of the next state's L2 norm.
+sequence) and DropConnect on node 0's recurrent weights (one mask per call).
+The per-example clip of the next state's L2 norm (``hidden_clip``) applies
+in training *and* evaluation, as in the authors' code: without it in
+evaluation, a chain of identity nodes at hidden 1000 overflows to NaN
+within one BPTT window.
 """
 
 from __future__ import annotations
@@ -192,7 +195,7 @@ def apply(params: Params, arch: jax.Array, inputs: jax.Array, carry: jax.Array,
     config: the static sizes and regularisation.
     key: PRNG key for the dropouts (see :func:`dropout_masks`); required
       when ``train``.
-    train: apply dropouts and the hidden-norm clip.
+    train: apply the dropouts (the hidden-norm clip applies always).
 
   Returns:
     ``(logits float32[T, B, V], carry float32[B, H])``.
@@ -235,10 +238,7 @@ def apply(params: Params, arch: jax.Array, inputs: jax.Array, carry: jax.Array,
       h_j = jax.lax.select_n(prevs[l - 1], *nodes)
       nodes.append(_highway(h_j @ w_nodes[l - 1], acts[l], h_j))
       out = out + loose[l] * nodes[l]
-    h_next = nodes[-1]
-    if train:
-      h_next = _clip_norm(h_next, config.hidden_clip)
-    return h_next, out
+    return _clip_norm(nodes[-1], config.hidden_clip), out
 
   carry, outputs = jax.lax.scan(step, carry, xw)  # outputs: [T, B, H]
   if train:

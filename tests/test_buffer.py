@@ -183,10 +183,11 @@ def test_replay_gradient_reaches_the_controller(params, variant):
 
 def _faithful_reference(params, cells):
   """The authors' replay, one step at a time on the host."""
-  valid, offset = controller.step_tables(CTRL)
+  valid, _ = controller.step_tables(CTRL)
   cells = np.asarray(cells)
   c = h = jnp.zeros((cells.shape[0], CTRL.hidden_size))
-  x = params["embedding"][cells[:, 0] + offset[0]]  # Token 0 as first input.
+  # Stored tokens fed as raw ids: parent j reads embedding row j.
+  x = params["embedding"][cells[:, 0]]  # Token 0 as first input.
   losses = []
   for t in range(1, L):
     c, h = controller.lstm_cell(params, x, (c, h))
@@ -198,7 +199,7 @@ def _faithful_reference(params, cells):
     # torch.nn.CrossEntropyLoss applied to probabilities.
     ce = np.log(np.exp(p).sum(-1)) - p[np.arange(len(p)), cells[:, t]]
     losses.append(ce)
-    x = params["embedding"][cells[:, t] + offset[t]]
+    x = params["embedding"][cells[:, t]]
   return np.mean(losses)
 
 
@@ -214,6 +215,11 @@ def test_faithful_loss_matches_the_authors_recipe(params):
       p, cells, jnp.ones(5, bool), config=CTRL, variant="faithful"))(params)
   assert float(jnp.abs(grads["head_w"][0]).max()) == 0.0
   assert float(jnp.abs(grads["head_w"][2]).max()) > 0.0
+  # Raw ids: only rows 0 .. N-2 (activations 0-3 and parents 0 .. N-2 share
+  # them) are read; the parent rows 4 + j of the sampler get no gradient.
+  rows = np.flatnonzero(np.abs(np.asarray(grads["embedding"])).sum(-1) > 0)
+  assert rows.max() < max(search_space.NUM_ACTIVATIONS, CTRL.num_nodes - 1)
+  assert CTRL.num_embeddings > search_space.NUM_ACTIVATIONS
 
 
 # ---------------------------------------------------------------------------

@@ -366,3 +366,14 @@ def test_gumbel_noise_is_that_of_jax_random(key):
       jax.random.gumbel(jax.random.fold_in(key, t), (NUM, CFG.num_choices))
       for t in range(CFG.num_steps)])
   np.testing.assert_array_equal(noise, want)
+
+
+def test_head_biases_start_at_zero():
+  """As in the authors' code and TF ENAS; the other parameters are
+  U(-init_range, init_range) and not all zero."""
+  params = controller.init(jax.random.key(3), CFG)
+  np.testing.assert_array_equal(params["head_b"], 0.0)
+  for name in ("embedding", "lstm_w", "lstm_b", "head_w"):
+    values = np.asarray(params[name])
+    assert np.abs(values).max() <= CFG.init_range and values.std() > 0, name
+

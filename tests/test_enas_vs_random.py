@@ -56,8 +56,11 @@ def test_separate_seed_jobs_merge_into_one_report(tmp_path):
     for method in ("enas", "random_ws"):
       for key in ("shared_valid_ppl", "fixed_valid_ppl", "fixed_test_ppl"):
         assert math.isfinite(seed[method][key]), (s, method, key)
-    assert len(seed["density"]["controller_ppl"]) == 8
-    assert len(seed["density"]["uniform_ppl"]) == 8
+    for name in ("controller_ppl", "uniform_ppl_random_ws", "uniform_ppl"):
+      assert len(seed["density"][name]) == 8, name
+    # The same uniform cells, scored under two different supernets.
+    assert seed["density"]["uniform_ppl_random_ws"] != seed["density"][
+        "uniform_ppl"]
   # The merged numbers are the per-seed runs' own.
   with open(os.path.join(workdir, "fixed", "enas_seed_1",
                          "best_arch.json")) as f:
@@ -69,6 +72,14 @@ def test_separate_seed_jobs_merge_into_one_report(tmp_path):
        - merged["per_seed"][s]["random_ws"]["fixed_valid_ppl"]
        for s in ("0", "1")]
   assert c["mean_difference"] == pytest.approx(np.mean(d))
+  # The authors' density comparison: controller cells under ENAS against
+  # uniform cells under RS-WS.
+  sampled = merged["comparisons"]["median_sampled_ppl"]
+  assert sampled["mean_difference"] == pytest.approx(np.mean(
+      [merged["per_seed"][s]["median_controller_ppl"]
+       - merged["per_seed"][s]["median_uniform_ppl_random_ws"]
+       for s in ("0", "1")]))
+  assert "median_sampled_ppl_enas_supernet" in merged["comparisons"]
   proxy = merged["proxy"]
   assert proxy["agreement"]["n"] == 3
   assert all(math.isfinite(v) for v in proxy["scratch_valid_ppl"])

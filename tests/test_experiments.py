@@ -73,6 +73,8 @@ def test_paper_preset_pins_design_values(name):
   """The paper preset restores the DESIGN sizes and hyperparameters."""
   c = experiments.get_config(f"{name}:paper")[1]
   assert c.model.hidden_size == 1000
+  assert c.model.init_range == 0.025  # The authors'.
+  assert c.controller.reset_each_phase and c.derive.mode == "train"
   assert c.train.epochs == 150
   assert c.train.steps_per_epoch == 400
   assert c.controller.steps_per_epoch == 2000

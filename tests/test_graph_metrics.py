@@ -18,8 +18,10 @@ from conftest import random_tokens
 from nas_jax import search_space as ss
 from nas_jax.analysis import graph_metrics as gm
 
+# pairwise_all's metrics, and every vectorised one.
 VECTORISED = ("common_connections", "common_activations", "jaccard_edges",
               "wl_kernel", "aligned_edit_distance")
+ALL_VECTORISED = VECTORISED + ("common_activation_edges",)
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +95,34 @@ def test_common_connections_matches_networkx(cells, archs):
   np.testing.assert_array_equal(out, expected)
 
 
-def test_common_activations_matches_loop(cells, archs):
-  """Shared full-graph edges whose child has the same activation (DESIGN)."""
+def _shared_same_child(a, b, cell_nodes_only):
+  """Shared full-graph edges whose child has the same label."""
+  ga, gb = a.to_networkx(), b.to_networkx()
+  return sum(1 for u, v in set(ga.edges) & set(gb.edges)
+             if (isinstance(v, int) or not cell_nodes_only)
+             and ga.nodes[v]["activation"] == gb.nodes[v]["activation"])
 
-  def shared_same_child(a, b):
-    ga, gb = a.to_networkx(), b.to_networkx()
-    return sum(1 for u, v in set(ga.edges) & set(gb.edges)
-               if isinstance(v, int)
-               and ga.nodes[v]["activation"] == gb.nodes[v]["activation"])
 
-  expected = _all_pairs(archs, shared_same_child)
+def test_common_activations_is_the_authors_count(cells, archs):
+  """The authors' count_common_attributes: every shared edge whose child
+  has the same label, avg and out included (DESIGN)."""
+  expected = _all_pairs(
+      archs, lambda a, b: _shared_same_child(a, b, cell_nodes_only=False))
   out = gm.common_activations(cells)
+  assert out.dtype == np.int32
+  np.testing.assert_array_equal(out, expected)
+  # = the edges into cell nodes + shared loose ends + 1 (avg -> out).
+  loose = _all_pairs(
+      archs, lambda a, b: len(set(a.loose_ends()) & set(b.loose_ends())))
+  np.testing.assert_array_equal(
+      out, gm.common_activation_edges(cells) + loose + 1)
+
+
+def test_common_activation_edges_matches_loop(cells, archs):
+  """Shared edges into cell nodes whose child has the same activation."""
+  expected = _all_pairs(
+      archs, lambda a, b: _shared_same_child(a, b, cell_nodes_only=True))
+  out = gm.common_activation_edges(cells)
   assert out.dtype == np.int32
   np.testing.assert_array_equal(out, expected)
 
@@ -152,7 +171,7 @@ def test_wl_kernel_rejects_bad_iterations(cells):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", VECTORISED)
+@pytest.mark.parametrize("name", ALL_VECTORISED)
 def test_symmetric(cells, name):
   out = getattr(gm, name)(cells)
   np.testing.assert_array_equal(out, out.T)
@@ -164,7 +183,11 @@ def test_diagonals(cells, archs):
   num_edges = np.array([a.to_networkx().number_of_edges() for a in archs])
   np.testing.assert_array_equal(
       np.diag(gm.common_connections(cells)), num_edges)
-  np.testing.assert_array_equal(np.diag(gm.common_activations(cells)), n + 1)
+  np.testing.assert_array_equal(np.diag(gm.common_activation_edges(cells)),
+                                n + 1)
+  num_loose = np.array([len(a.loose_ends()) for a in archs])
+  np.testing.assert_array_equal(np.diag(gm.common_activations(cells)),
+                                n + 2 + num_loose)
   np.testing.assert_array_equal(np.diag(gm.aligned_edit_distance(cells)), 0)
   np.testing.assert_array_equal(np.diag(gm.jaccard_edges(cells)), 1.0)
   np.testing.assert_array_equal(np.diag(gm.wl_kernel(cells)), 1.0)
@@ -172,7 +195,7 @@ def test_diagonals(cells, archs):
 
 def test_identical_cells_off_diagonal(cells):
   """Rows 40, 41 duplicate rows 0, 1: same values as the diagonal."""
-  for name in VECTORISED:
+  for name in ALL_VECTORISED:
     out = getattr(gm, name)(cells)
     assert out[0, 40] == out[0, 0], name
     assert out[1, 41] == out[1, 1], name
@@ -204,8 +227,10 @@ def test_chain_vs_star():
   star = ss.Architecture(acts=(0,) * 4, prevs=(0, 0, 0))
   cells = [ss.chain(4), star]
   assert gm.common_connections(cells)[0, 1] == 5
-  # Edges into cell nodes shared: x->0, h_prev->0, 0->1 (all tanh).
-  assert gm.common_activations(cells)[0, 1] == 3
+  # Edges into cell nodes shared: x->0, h_prev->0, 0->1 (all tanh); the
+  # authors' count adds 3->avg and avg->out.
+  assert gm.common_activation_edges(cells)[0, 1] == 3
+  assert gm.common_activations(cells)[0, 1] == 5
   assert gm.aligned_edit_distance(cells)[0, 1] == 2
   # Labelled edges: chain has 7, star 9; activations all equal, so 5 shared.
   assert gm.jaccard_edges(cells)[0, 1] == pytest.approx(5 / 11)
@@ -225,7 +250,10 @@ def test_one_activation_change(node, loose):
   cells = [a, b]
   assert gm.common_connections(cells)[0, 1] == 7  # All of chain(4)'s edges.
   # 5 edges into cell nodes; the changed node's input edges no longer count.
-  assert gm.common_activations(cells)[0, 1] == 5 - (2 if node == 0 else 1)
+  assert gm.common_activation_edges(cells)[0, 1] == 5 - (
+      2 if node == 0 else 1)
+  # The authors' count adds the shared loose end 3 and avg -> out.
+  assert gm.common_activations(cells)[0, 1] == 7 - (2 if node == 0 else 1)
   assert gm.aligned_edit_distance(cells)[0, 1] == 1
   changed = 2 if (loose or node == 0) else 1
   assert gm.jaccard_edges(cells)[0, 1] == pytest.approx(
@@ -240,7 +268,8 @@ def test_one_parent_change():
   cells = [a, b]
   # x->0, h_prev->0, avg->out, 0->1, 1->2, 3->avg.
   assert gm.common_connections(cells)[0, 1] == 6
-  assert gm.common_activations(cells)[0, 1] == 4
+  assert gm.common_activation_edges(cells)[0, 1] == 4
+  assert gm.common_activations(cells)[0, 1] == 6  # + 3->avg, avg->out.
   assert gm.aligned_edit_distance(cells)[0, 1] == 1
   # Labelled edges: 7 in a, 8 in b, 6 shared.
   assert gm.jaccard_edges(cells)[0, 1] == pytest.approx(6 / 9)

@@ -10,9 +10,11 @@ import pytest
 import experiments
 from experiments import common
 from nas_jax import controller
+from nas_jax import data
 from nas_jax import evaluation
 from nas_jax import settings
 from nas_jax import steps
+from nas_jax import streams
 
 from conftest import TOY_VOCAB
 
@@ -89,6 +91,61 @@ def test_controller_step_reward_and_baseline(setup, toy_data):
   assert int(state2.valid_pos) == 2 * config.train.bptt
   # The shared weights are not touched by a controller step.
   chex.assert_trees_all_equal(state2.shared, shared)
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_baseline_and_valid_pointer_restart_each_phase(toy_data, reset):
+  """reset_each_phase (the authors'): a controller phase's first step sets
+  the baseline to its own mean reward and reads the first validation
+  window; without it both carry over from the previous phase."""
+  config = smoke_config(**{"controller.reset_each_phase": reset})
+  local = settings.make_setup(config, VOCAB)
+  per_phase, bptt = config.controller.steps_per_epoch, config.train.bptt
+  rows = toy_data.shape[0]
+
+  def position_after(num_steps):  # The pointer after num_steps windows.
+    pos = 0
+    for _ in range(num_steps):
+      pos = int(data.next_position(pos, bptt, rows))
+    return pos
+
+  state = steps.init_state(local, config.seed)
+  for _ in range(per_phase):  # Epoch 0's phase.
+    state, m = steps.controller_step(state, toy_data, setup=local)
+  before = float(m["baseline"])
+  assert int(state.valid_pos) == position_after(per_phase) != 0
+  state, m = steps.controller_step(state, toy_data, setup=local)
+  d = local.reinforce.baseline_decay
+  if reset:
+    np.testing.assert_allclose(m["baseline"], m["reward"], rtol=1e-6)
+    assert int(state.valid_pos) == position_after(1)  # It read window 0.
+  else:
+    np.testing.assert_allclose(m["baseline"],
+                               d * before + (1 - d) * m["reward"], rtol=1e-5)
+    assert int(state.valid_pos) == position_after(per_phase + 1)
+
+
+def test_search_derive_samples_in_the_configured_mode(toy_data):
+  """derive.mode "train" (the authors' search) applies the tanh constant;
+  "derive" only the temperature: the same key gives each mode's cells."""
+  got = {}
+  for mode in ("train", "derive"):
+    config = smoke_config(**{"derive.mode": mode})
+    local = settings.make_setup(config, VOCAB)
+    state = steps.init_state(local, config.seed)
+    # Sharp logits, so that the two modes' distributions differ clearly.
+    state = state._replace(ctrl={**state.ctrl,
+                                 "head_w": 40.0 * state.ctrl["head_w"]})
+    cells, _ = steps.derive_cells(state, toy_data, setup=local)
+    key = jax.random.fold_in(jax.random.fold_in(state.key, streams.DERIVE),
+                             state.epoch)
+    want = controller.sample(state.ctrl, key, local.derive.num_cells,
+                             config=local.ctrl, mode=mode).tokens
+    np.testing.assert_array_equal(cells, want)
+    got[mode] = np.asarray(cells)
+  assert not np.array_equal(got["train"], got["derive"])
+  with pytest.raises(settings.ConfigError, match="derive.mode"):
+    settings.make_setup(smoke_config(**{"derive.mode": "greedy"}), VOCAB)
 
 
 def test_controller_step_follows_the_advantage(setup, toy_data):

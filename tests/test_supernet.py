@@ -1,5 +1,7 @@
 """Tests for nas_jax.supernet: maths against a plain reference, one compile."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -310,8 +312,10 @@ def test_zero_dropout_train_equals_eval_below_clip(params, batch):
   np.testing.assert_allclose(train, evaluate, atol=1e-6)
 
 
-def test_hidden_norm_clip_bounds_each_example(params, batch):
-  """In training the next state's per-example L2 norm is at most hidden_clip."""
+def test_hidden_norm_clip_bounds_each_example_in_train_and_eval(params, batch):
+  """The next state's per-example L2 norm is at most hidden_clip in training
+  and in evaluation (the authors clip always; an unclipped identity chain
+  overflows at hidden 1000 in eval mode)."""
   inputs, _ = batch
   cfg = supernet.SupernetConfig(
       vocab_size=CFG.vocab_size, hidden_size=CFG.hidden_size,
@@ -320,11 +324,14 @@ def test_hidden_norm_clip_bounds_each_example(params, batch):
   big_params = {k: 10.0 * v for k, v in params.items()}
   arch = jnp.asarray(search_space.chain(CFG.num_nodes, 2).tokens())
   big = 10.0 * jnp.ones((B, CFG.hidden_size))
-  _, unclipped = apply(big_params, arch, inputs, big, config=cfg)
-  _, clipped = apply(big_params, arch, inputs, big, config=cfg,
-                              key=jax.random.key(0), train=True)
+  loose = dataclasses.replace(cfg, hidden_clip=1e6)
+  _, unclipped = apply(big_params, arch, inputs, big, config=loose)
   assert np.linalg.norm(unclipped, axis=-1).min() > 0.5
-  np.testing.assert_allclose(np.linalg.norm(clipped, axis=-1), 0.5, rtol=1e-5)
+  for train in (False, True):
+    _, clipped = apply(big_params, arch, inputs, big, config=cfg,
+                       key=jax.random.key(0), train=train)
+    np.testing.assert_allclose(np.linalg.norm(clipped, axis=-1), 0.5,
+                               rtol=1e-5, err_msg=f"train={train}")
 
 
 def test_clip_gradient_is_finite_at_zero_state():

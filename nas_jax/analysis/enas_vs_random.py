@@ -40,6 +40,17 @@ def fixed_dir(workdir: str, method: str, seed: int) -> str:
   return os.path.join(workdir, "fixed", f"{method}_seed_{seed}")
 
 
+# The sampled cells' shared-weight ppl in density.npz: controller cells
+# under the ENAS supernet, uniform cells under the RS-WS supernet (the
+# authors' comparison) and under the ENAS supernet.
+DENSITY_ARRAYS = ("controller_ppl", "uniform_ppl_random_ws", "uniform_ppl")
+DENSITY_LABELS = {
+    "controller_ppl": "ENAS controller (ENAS supernet)",
+    "uniform_ppl_random_ws": "uniform (RS-WS supernet)",
+    "uniform_ppl": "uniform (ENAS supernet)",
+}
+
+
 def density_path(workdir: str, seed: int) -> str:
   return os.path.join(files.run_dir(workdir, "enas", seed), "density.npz")
 
@@ -62,7 +73,7 @@ def _load(path):
 
 def collect_seed(workdir: str, seed: int) -> dict[str, Any]:
   """One seed's numbers: each method's derived cell (shared-weight and from
-  scratch) and the sampled cells' ppl under the ENAS supernet."""
+  scratch) and the sampled cells' ppl (:data:`DENSITY_ARRAYS`)."""
   num = reports.float_or_nan
   out: dict[str, Any] = {}
   for method in METHODS:
@@ -80,9 +91,13 @@ def collect_seed(workdir: str, seed: int) -> dict[str, Any]:
     raise FileNotFoundError(f"{path} is missing: run the experiment for this "
                             "seed first")
   with np.load(path) as d:
-    out["density"] = {k: d[k].tolist() for k in
-                      ("controller_ppl", "uniform_ppl")}
-  for name in ("controller_ppl", "uniform_ppl"):
+    missing = sorted(set(DENSITY_ARRAYS) - set(d.files))
+    if missing:
+      raise FileNotFoundError(
+          f"{path} lacks {', '.join(missing)} (written by an older version): "
+          "rerun the experiment for this seed, which redoes it")
+    out["density"] = {k: d[k].tolist() for k in DENSITY_ARRAYS}
+  for name in DENSITY_ARRAYS:
     v = np.asarray(out["density"][name], np.float64)
     out[f"median_{name}"] = float(np.nanmedian(np.where(np.isfinite(v), v,
                                                          np.nan)))
@@ -115,7 +130,12 @@ def compare(workdir: str, seeds: Sequence[int]) -> dict[str, Any]:
     a = [per_seed[s]["random_ws"][key] for s in seeds]
     b = [per_seed[s]["enas"][key] for s in seeds]
     comparisons[key] = paired.paired_comparison(a, b)
+  # The authors' comparison: each sampler under the supernet trained on its
+  # cells; then both under the ENAS supernet (which favours the controller).
   comparisons["median_sampled_ppl"] = paired.paired_comparison(
+      [per_seed[s]["median_uniform_ppl_random_ws"] for s in seeds],
+      [per_seed[s]["median_controller_ppl"] for s in seeds])
+  comparisons["median_sampled_ppl_enas_supernet"] = paired.paired_comparison(
       [per_seed[s]["median_uniform_ppl"] for s in seeds],
       [per_seed[s]["median_controller_ppl"] for s in seeds])
   results = {"seeds": list(seeds), "per_seed": {str(s): v for s, v in
@@ -162,7 +182,8 @@ def verdict(results) -> str:
 def write_outputs(results, workdir) -> None:
   """``report.md``, ``results.json`` and ``figures/`` in ``workdir``."""
   from nas_jax.analysis import figures  # matplotlib only when writing.
-  fig = figures.sampled_ppl_density(results, reports.figures_dir(workdir))
+  fig = figures.sampled_ppl_density(results, reports.figures_dir(workdir),
+                                    DENSITY_LABELS)
   reports.write(workdir, results, _report(results, fig))
 
 
@@ -176,17 +197,24 @@ def _per_seed_table(results):
         f"{e['shared_valid_ppl']:.1f} / {w['shared_valid_ppl']:.1f}",
         f"{e['fixed_valid_ppl']:.1f} / {w['fixed_valid_ppl']:.1f}",
         f"{e['fixed_test_ppl']:.1f} / {w['fixed_test_ppl']:.1f}",
-        f"{r['median_controller_ppl']:.1f} / {r['median_uniform_ppl']:.1f}"])
+        f"{r['median_controller_ppl']:.1f} / "
+        f"{r['median_uniform_ppl_random_ws']:.1f} / "
+        f"{r['median_uniform_ppl']:.1f}"])
   return reports.markdown_table(
       ["seed", "ENAS cell", "RS-WS cell", "shared valid ppl ENAS / RS-WS",
        "from scratch valid ppl ENAS / RS-WS",
        "from scratch test ppl ENAS / RS-WS",
-       "median sampled ppl controller / uniform"], rows)
+       "median sampled ppl: controller (ENAS) / uniform (RS-WS) / uniform "
+       "(ENAS supernet)"], rows)
 
 
 def _tests_table(results):
-  labels = dict(QUANTITIES, median_sampled_ppl=(
-      "median shared-weight ppl of sampled cells (controller - uniform)"))
+  labels = dict(
+      QUANTITIES,
+      median_sampled_ppl=("median shared-weight ppl of sampled cells, "
+                          "controller under ENAS - uniform under RS-WS"),
+      median_sampled_ppl_enas_supernet=(
+          "the same, both under the ENAS supernet (favours the controller)"))
   rows = []
   for key, label in labels.items():
     c = results["comparisons"][key]
@@ -245,8 +273,11 @@ RS-WS, paired by seed: negative perplexity differences favour ENAS.
 
 ## Cells from the trained controller vs uniform cells
 
-Shared-weight ppl under each seed's ENAS supernet on the first validation
-window (`density_cells` of each).
+Shared-weight ppl on the first validation window (`density_cells` of each):
+the controller's cells under each seed's ENAS supernet against uniform cells
+under its RS-WS supernet (the authors' comparison: each sampler under the
+supernet trained on its cells), and uniform cells under the ENAS supernet
+(trained on the controller's cells, so it favours them).
 
 ![density](figures/{fig})
 

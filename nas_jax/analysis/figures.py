@@ -194,9 +194,10 @@ def encoding_scores(results, metrics, fig_dir):
   return _save(fig, fig_dir, "encoding_score_by_arm.png")
 
 
-def sampled_ppl_density(results, fig_dir):
+def sampled_ppl_density(results, fig_dir, labels):
   """ENAS vs random search: per seed, the log shared-weight ppl of cells from
-  the trained controller against uniform cells."""
+  the trained controller against uniform cells; ``labels``: density array
+  name -> legend label, in drawing order."""
   seeds = results["seeds"]
   cols = min(len(seeds), 5)
   rows = math.ceil(len(seeds) / cols)
@@ -205,14 +206,13 @@ def sampled_ppl_density(results, fig_dir):
   for ax, s in zip(axes.ravel(), seeds):
     d = results["per_seed"][str(s)]["density"]
     logs = {name: np.log(np.asarray(d[name], np.float64))
-            for name in ("controller_ppl", "uniform_ppl")}
+            for name in labels}
     pooled = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
     # A few diverging cells reach log ppl 60: the bins cover the central 98%.
     lo, hi = np.percentile(pooled, [1, 99]) if pooled.size else (0.0, 1.0)
     bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 40)
     outside = 0
-    for name, label in (("controller_ppl", "ENAS controller"),
-                        ("uniform_ppl", "uniform")):
+    for name, label in labels.items():
       v = logs[name]
       inside = np.isfinite(v) & (v >= bins[0]) & (v <= bins[-1])
       outside += int(v.size - inside.sum())
