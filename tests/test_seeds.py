@@ -75,10 +75,16 @@ def test_each_stacked_seed_equals_its_single_run(toy_data, algorithm):
     for (kind, m), (kind1, m1) in zip(logs, single_logs):
       assert kind == kind1
       np.testing.assert_array_equal(m["cells"][i], m1["cells"])
-      # A controller loss reads the controller, equal to the bound above.
-      rtol = 1e-3 if kind == "ctrl" else 1e-4
-      np.testing.assert_allclose(m["loss"][i], m1["loss"], rtol=rtol,
-                                 atol=1e-6)
+      # A controller loss reads the controller, equal to the bound above;
+      # at a phase's first step (reset_each_phase) the advantages are the
+      # rewards minus their own mean, so the loss is a small difference of
+      # rewards that batching changes by rounding: an absolute tolerance.
+      if kind == "ctrl":
+        np.testing.assert_allclose(m["loss"][i], m1["loss"], rtol=1e-3,
+                                   atol=1e-5)
+      else:
+        np.testing.assert_allclose(m["loss"][i], m1["loss"], rtol=1e-4,
+                                   atol=1e-6)
   # Different seeds did differ.
   assert not np.array_equal(_leaves(seeds.unstack(states, 0))[0],
                             _leaves(seeds.unstack(states, 1))[0])
