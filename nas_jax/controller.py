@@ -97,7 +97,7 @@ class Rollout(NamedTuple):
 @functools.partial(jax.jit, static_argnames="config")
 def init(key: jax.Array, config: ControllerConfig) -> Params:
   """Parameters ``U(-init_range, init_range)``, except the heads' biases: 0,
-  as in the authors' code and TF ENAS (their heads start unbiased)."""
+  as in the authors' code (their heads start unbiased)."""
   h, k, r = config.hidden_size, config.num_choices, config.init_range
   keys = jax.random.split(key, 5)
 

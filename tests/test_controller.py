@@ -369,7 +369,7 @@ def test_gumbel_noise_is_that_of_jax_random(key):
 
 
 def test_head_biases_start_at_zero():
-  """As in the authors' code and TF ENAS; the other parameters are
+  """As in the authors' code; the other parameters are
   U(-init_range, init_range) and not all zero."""
   params = controller.init(jax.random.key(3), CFG)
   np.testing.assert_array_equal(params["head_b"], 0.0)
