@@ -255,7 +255,7 @@ def stacked_seeds(config: ml_collections.ConfigDict) -> bool:
   (``train.train_many(..., stacked=True)``), from ``config.seeds_mode``:
   ``"stacked"``, ``"sequential"``, or ``"auto"``: stacked on an accelerator,
   sequential on a CPU, where ``python -m benchmarks.stacked_seeds`` measured
-  stacking slower (see README, "Speed")."""
+  stacking slower (see README, "Many seeds in one process")."""
   mode = config.seeds_mode
   if mode not in SEEDS_MODES:
     raise settings.ConfigError(

@@ -72,10 +72,8 @@ def run_windows(states: steps.TrainState, data_2d: jax.Array, *,
                 step: Callable, length: int, setup: settings.Setup):
   """:func:`steps.run_window` for every seed: ``length`` steps of ``step``
   as one program; metrics ``[S, length, ...]``."""
-  def window(state):
-    return jax.lax.scan(lambda s, _: step(s, data_2d, setup=setup), state,
-                        None, length=length)
-  return jax.vmap(window)(states)
+  return jax.vmap(lambda s: steps.scan_steps(
+      s, data_2d, step=step, length=length, setup=setup))(states)
 
 
 @functools.partial(jax.jit, static_argnames="setup", donate_argnums=0)

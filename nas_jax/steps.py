@@ -325,6 +325,14 @@ def run_window(state: TrainState, data_2d: jax.Array, *, step: Callable,
   values as the steps run one by one (to float tolerance). One compilation
   per (step, length).
   """
+  return scan_steps(state, data_2d, step=step, length=length, setup=setup)
+
+
+def scan_steps(state: TrainState, data_2d: jax.Array, *, step: Callable,
+               length: int, setup: Setup
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """:func:`run_window`, not jitted (for use inside other programs, e.g.
+  ``vmap``-ed over stacked seeds)."""
   return jax.lax.scan(lambda s, _: step(s, data_2d, setup=setup), state, None,
                       length=length)
 
