@@ -22,10 +22,13 @@ Examples:
 
 Bad input (unknown experiment or key, wrong type, missing or corrupt data, a
 workdir of another config) prints one line and exits with status 2; a
-diverged run exits with status 3.
+diverged run exits with status 3. Ctrl-C (SIGINT) or SIGTERM saves a
+checkpoint at the next step boundary, prints one line and exits with status
+130 or 143; rerunning the same command resumes.
 """
 
 import os
+import signal
 import sys
 
 from absl import app
@@ -52,6 +55,11 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 
 def _fail(message: str, status: int = 2):
   print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _stop(message: str, status: int):
+  print(message, file=sys.stderr, flush=True)
   sys.exit(status)
 
 
@@ -107,13 +115,32 @@ def main():
     return 0
   workdir = _WORKDIR.value or os.path.join("runs", spec.replace(":", "_"))
   runtime.enable_compilation_cache(_COMPILATION_CACHE.value)
+  # Outside the search loop (which saves first, see train.Interrupted) a
+  # SIGTERM stops like Ctrl-C: one line, no traceback.
+  signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     experiment.run(config, workdir)
   except train.INPUT_ERRORS as e:
     _fail(str(e))
   except train.TrainingDiverged as e:
     _fail(str(e), status=3)
+  except train.Interrupted as e:
+    _stop(str(e), e.exit_status)
+  except KeyboardInterrupt:
+    _stop(_OUTSIDE_LOOP.format(signal="SIGINT"), 130)
   return 0
+
+
+# A stop without a fresh checkpoint: outside the search loop, or a second
+# Ctrl-C inside it.
+_OUTSIDE_LOOP = ("interrupted by {signal}; rerun the same command to resume "
+                 "from the last checkpoint (a finished search is not redone; "
+                 "an unfinished analysis starts again)")
+
+
+def _raise_terminated(signum, frame):
+  del frame
+  raise train.Interrupted(signum, _OUTSIDE_LOOP.format(signal="SIGTERM"))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def names() -> list[str]:
 
 def describe() -> str:
   """One line per experiment and preset, for ``--help``."""
-  lines = [f"  {n:<12} {_REGISTRY[n][1]}" for n in names()]
+  width = max(map(len, names()))
+  lines = [f"  {n:<{width}}  {_REGISTRY[n][1]}" for n in names()]
   lines.append("presets (NAME:PRESET): "
                + ", ".join(sorted(common.SEARCH_PRESETS)))
   return "\n".join(lines)

@@ -9,16 +9,13 @@ accelerators and ``smoke`` shrinks everything to seconds. Each experiment's
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
+from nas_jax import data
 from nas_jax import settings
 
-# The bundled PTB copy, found from this file so the default works from any
-# working directory.
-DEFAULT_DATA_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "ptb")
+# The PTB copy bundled with the package (works from any working directory).
+DEFAULT_DATA_DIR = data.BUNDLED_PTB_DIR
 
 
 def search_config() -> ml_collections.ConfigDict:
@@ -48,7 +45,7 @@ def search_config() -> ml_collections.ConfigDict:
       "optimizer": "sgd",  # or "adam" (the authors' practice).
       "lr": 20.0,
       "lr_decay": 0.96,
-      "lr_decay_start_epoch": 15,
+      "lr_decay_start_epoch": 15,  # epochs done before x0.96 (from epoch 16).
       "adam_lr": 3.5e-4,
       "grad_clip": 0.25,
       "weight_decay": 1e-7,
@@ -81,7 +78,9 @@ def search_config() -> ml_collections.ConfigDict:
       "policy": "fifo",  # "fifo", "reservoir" or "authors".
       "capacity": 10_000,
       "store_per_epoch": 1000,  # cells stored when a controller phase starts,
-      "store_start_epoch": 1,  # from this epoch (from 0; the authors: 5),
+      # Epochs done before storing / replaying (1: from epoch 2 as the logs
+      # number them; the authors: 5 and 10).
+      "store_start_epoch": 1,  # cells stored from this many epochs done,
       "replay_start_epoch": 2,  # replayed from this one (the authors: 10),
       "replay_samples": 100,  # per controller step,
       "weight": 1.0,  # lambda of the replay loss.

@@ -45,6 +45,7 @@ from nas_jax import settings
 from nas_jax import streams
 from nas_jax import train
 from nas_jax.analysis import enas_vs_random as analysis
+from nas_jax.analysis import search_report
 
 METHODS = ("enas", "random_ws")
 _OWN_KEYS = ("seeds", "density_cells", "proxy", "report_only", "seeds_mode")
@@ -153,10 +154,13 @@ def proxy(config, workdir, seed):
 
 
 def _searches(config, workdir, method, seeds):
-  """The ``method`` searches of ``seeds`` (stacked when several)."""
-  train.train_many([search_config(config, method, s) for s in seeds],
-                   [files.run_dir(workdir, method, s) for s in seeds],
-                   stacked=len(seeds) > 1)
+  """The ``method`` searches of ``seeds`` (stacked when several), each with
+  its own report.md (the search section)."""
+  configs = [search_config(config, method, s) for s in seeds]
+  directories = [files.run_dir(workdir, method, s) for s in seeds]
+  train.train_many(configs, directories, stacked=len(seeds) > 1)
+  for sub, directory in zip(configs, directories):
+    search_report.write_report(directory, sub)
 
 
 def run(config, workdir):
@@ -187,8 +191,10 @@ def run(config, workdir):
             files.run_dir(workdir, method, seed), files.BEST_ARCH_FILE))["arch"]
         print(f"enas_vs_random: seed {seed}: {method}'s cell from scratch",
               flush=True)
-        train.train_and_evaluate(fixed_config(config, arch, seed),
-                                 analysis.fixed_dir(workdir, method, seed))
+        sub = fixed_config(config, arch, seed)
+        directory = analysis.fixed_dir(workdir, method, seed)
+        train.train_and_evaluate(sub, directory)
+        search_report.write_report(directory, sub)
     if config.proxy.num_cells:
       proxy(config, workdir, seeds[0])
   results = analysis.compare(workdir, seeds)

@@ -101,10 +101,7 @@ def run(config, workdir):
     directories = [files.run_dir(workdir, arm, seed) for seed in batch]
     loaded = train.train_many(subs, directories, stacked=len(batch) > 1)
     for sub, directory, run in zip(subs, directories, loaded):
-      if os.path.exists(os.path.join(directory, files.RESULTS_FILE)):
-        print(f"memory_buffer: probe of {directory} already done", flush=True)
-      else:
-        probe.run_probe(sub.probe, run, directory)
+      probe.run_probe(sub.probe, run, directory, reuse=True)
   runs = buffer_comparison.collect(workdir, arms, seeds)
   results = buffer_comparison.compare(runs, arms, seeds,
                                       seed=config.probe.seed)

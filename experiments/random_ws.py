@@ -6,12 +6,20 @@ them from the untrained controller instead, as the authors ran it), and the
 derive phase keeps the best of ``derive.num_cells`` random cells.
 """
 
+import os
+
 from experiments import common
+from nas_jax import files
 from nas_jax import train
+from nas_jax.analysis import search_report
 
 
 def run(config, workdir):
-  return train.train_and_evaluate(config, workdir).best
+  best = train.train_and_evaluate(config, workdir).best
+  search_report.write_report(workdir, config)
+  print(f"random_ws: {train.best_summary(best)} | report: "
+        f"{os.path.join(workdir, files.REPORT_FILE)}", flush=True)
+  return best
 
 
 def get_config(preset: str = ""):

@@ -23,6 +23,7 @@ from nas_jax import files
 from nas_jax import search_space
 from nas_jax import settings
 from nas_jax import train
+from nas_jax.analysis import search_report
 
 # Keys of this experiment only: not part of the run's config.
 _OWN_KEYS = ("arch",)
@@ -47,7 +48,6 @@ def get_config(preset: str = ""):
   config = common.search_config()
   config.search.algorithm = "fixed"
   common.apply_overrides(config, ONE_CELL)
-  config.search.arch = ""  # Set by run_config from ``arch``.
   config.derive.every_epochs = 5
   config.arch = ""  # Tokens, or the path of a best_arch.json.
   return common.with_preset(config, preset, OWN_PRESETS)
@@ -93,8 +93,11 @@ def run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def run(config, workdir):
-  best = train.train_and_evaluate(run_config(config), workdir).best
+  sub = run_config(config)
+  best = train.train_and_evaluate(sub, workdir).best
+  search_report.write_report(workdir, sub)
   print(f"train_fixed: cell {best['arch']}: valid ppl "
         f"{best['valid_ppl']:.2f}, test ppl {best.get('test_ppl', float('nan')):.2f}"
-        f" (in {os.path.join(workdir, files.BEST_ARCH_FILE)})", flush=True)
+        f" (in {os.path.join(workdir, files.BEST_ARCH_FILE)}; report: "
+        f"{os.path.join(workdir, files.REPORT_FILE)})", flush=True)
   return best

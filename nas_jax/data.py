@@ -32,6 +32,10 @@ UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
 SINGLE_FILE = "input.txt"
 CHECKSUMS = "SHA256SUMS"
+# Penn Treebank as shipped inside the package (package data), so it is found
+# from any working directory and in a non-editable install too.
+BUNDLED_PTB_DIR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "corpora", "ptb")
 
 
 class DataError(ValueError):

@@ -6,12 +6,18 @@ Files in the run directory:
   ``epoch``, the counter it is indexed by (``shared_step`` or ``ctrl_step``),
   the metric values and a wall-clock ``time``;
 * ``archs.jsonl``: every cell sampled for a controller update, with its
-  reward and validation-batch perplexity;
+  reward and validation-batch log perplexity (and perplexity);
 * ``derived.jsonl``: per derive, every candidate cell and its perplexity on
   the derive batch, and which one was kept;
 * ``best_arch.json``: the cell the search returns, with its validation and
   test perplexity;
 * ``tb/``: TensorBoard event files of the same scalars.
+
+Epochs are numbered from 1 in every file (``"epoch": 1`` is the first
+epoch), as on the console and in the reports. No non-finite number reaches
+a file: the logs hold log perplexities, which stay finite when a
+perplexity overflows, and any value that is still NaN or infinite is written
+as JSON ``null`` (and left out of TensorBoard, which cannot show it).
 
 The JSON-lines files are truncated on resume to the sizes recorded in the
 checkpoint, so a resumed run's files equal an uninterrupted run's. Timing
@@ -41,6 +47,14 @@ def is_timing(key: str) -> bool:
 
 def _finite_or_none(value: float):
   return value if math.isfinite(value) else None
+
+
+def exp_or_inf(x: float) -> float:
+  """``exp(x)`` in float64, ``inf`` where it overflows (x > ~709), NaN for NaN."""
+  try:
+    return math.exp(x)
+  except OverflowError:
+    return math.inf
 
 
 class Window:
@@ -88,6 +102,14 @@ class RunWriter:
         with open(path, "r+b") as f:
           f.truncate(min(offsets.get(name, 0), os.path.getsize(path)))
       self._files[name] = open(path, "a", encoding="utf-8")
+    # The latest value of every metric, as an uninterrupted run would have
+    # them (the epoch summary reads them).
+    self.last_values = {}
+    with open(self._path(files.METRICS_FILE), encoding="utf-8") as f:
+      for line in f:
+        self.last_values.update(
+            (k, v) for k, v in json.loads(line).items()
+            if isinstance(v, float) and k != "time")
 
   def _tensorboard(self):
     if self._tb is None:
@@ -108,16 +130,20 @@ class RunWriter:
     self._line(files.METRICS_FILE, record)
     tb = self._tensorboard()
     for k, v in values.items():
-      tb.add_scalar(k, v, global_step=step)
+      if math.isfinite(v):  # null in metrics.jsonl.
+        tb.add_scalar(k, v, global_step=step)
     self.last_values.update(values)
 
   def archs(self, step: int, epoch: int, cells: np.ndarray,
-            rewards: np.ndarray, ppl: np.ndarray) -> None:
-    for cell, reward, p in zip(cells, rewards, ppl):
+            rewards: np.ndarray, log_ppl: np.ndarray) -> None:
+    """One line per cell; ``ppl`` is ``exp(log_ppl)`` in float64."""
+    for cell, reward, lp in zip(cells, rewards, log_ppl):
+      lp = float(lp)
       self._line(files.ARCHS_FILE, {
           "ctrl_step": step, "epoch": epoch, "tokens": cell.tolist(),
           "reward": _finite_or_none(float(reward)),
-          "ppl": _finite_or_none(float(p))})
+          "log_ppl": _finite_or_none(lp),
+          "ppl": _finite_or_none(exp_or_inf(lp))})
 
   def derived(self, epoch: int, cells: np.ndarray, ppl: np.ndarray,
               best: int) -> None:

@@ -151,8 +151,8 @@ class RunDirectory:
       return "none (the run had not saved one)"
     tick, epoch, shared, ctrl = self._last
     path = os.path.join(self.workdir, files.CHECKPOINT_DIR, str(tick))
-    return (f"{path} (epoch {epoch}, shared step {shared}, controller step "
-            f"{ctrl})")
+    return (f"{path} ({epoch} epoch{'' if epoch == 1 else 's'} done, shared "
+            f"step {shared}, controller step {ctrl})")
 
   def close(self) -> None:
     self.manager.close()

@@ -222,8 +222,9 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
              else state.ctrl_step == 0)
   valid_pos = jnp.where(restart, 0, state.valid_pos)
   inputs, targets = data.window(valid_data, valid_pos, setup.shared.bptt)
-  ppl = jnp.exp(evaluation.cell_losses(state.shared, rollout.tokens, inputs,
-                                       targets, config=setup.model))
+  log_ppl = evaluation.cell_losses(state.shared, rollout.tokens, inputs,
+                                   targets, config=setup.model)
+  ppl = jnp.exp(log_ppl)
   entropy = jnp.sum(rollout.entropies, axis=-1)
   reward = r.reward_c / ppl + r.entropy_weight * entropy
   mean_reward = jnp.mean(reward)
@@ -255,8 +256,11 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
       buffer=buf)
   return new_state, {
       "loss": loss, "reward": mean_reward, "baseline": baseline,
-      "entropy": jnp.mean(entropy), "ppl": jnp.mean(ppl),
-      "cells": rollout.tokens, "cell_rewards": reward, "cell_ppl": ppl,
+      # Mean log ppl, not mean ppl: one overflowing cell (ppl inf in
+      # float32 from log ppl ~89) must not make the logged value inf.
+      "entropy": jnp.mean(entropy), "log_ppl": jnp.mean(log_ppl),
+      "cells": rollout.tokens, "cell_rewards": reward,
+      "cell_log_ppl": log_ppl,
       "replay_loss": replay, "replay_weight": replay_weight,
       "buffer_size": buf.size}
 

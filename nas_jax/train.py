@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
+import signal
+import sys
+import threading
 import time
 from typing import Callable
 
@@ -45,6 +47,58 @@ from nas_jax import steps
 
 class TrainingDiverged(RuntimeError):
   """A loss or reward became non-finite; the message names step and checkpoint."""
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM stopped the run; the message says what was saved.
+
+  The loop raises it at the next window end after saving a checkpoint there
+  (:class:`_Signals`); the launcher prints the message and exits with
+  :attr:`exit_status` (130 for SIGINT, 143 for SIGTERM, as a shell would).
+  """
+
+  def __init__(self, signum: int, message: str):
+    super().__init__(message)
+    self.signum = int(signum)
+
+  @property
+  def exit_status(self) -> int:
+    return 128 + self.signum
+
+
+_SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+class _Signals:
+  """While the loop runs, SIGINT and SIGTERM only set :attr:`received`; the
+  loop saves and stops at the next window end. A second SIGINT stops at once
+  (``KeyboardInterrupt``; the last checkpoint is then the last periodic one).
+  Outside the main thread (where Python delivers no signals) it does nothing.
+  """
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in _SIGNAL_NAMES:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signum
+    print(f"\n{_SIGNAL_NAMES[signum]} received: saving a checkpoint at the "
+          "next step boundary, then stopping (Ctrl-C again stops at once)",
+          file=sys.stderr, flush=True)
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
 
 
 # What bad input raises before a run starts: the launcher reports these as
@@ -85,19 +139,25 @@ def _shared_phase(setup: settings.Setup, train_data: jax.Array) -> Phase:
                          "grad_norm": float(m["grad_norm"]),
                          "lr": float(m["lr"])},
       summary=lambda means: {
-          "train/loss": means["loss"], "train/ppl": math.exp(means["loss"]),
+          "train/loss": means["loss"],
+          "train/ppl": metrics_lib.exp_or_inf(means["loss"]),
           "train/grad_norm": means["grad_norm"], "train/lr": means["lr"]},
       rate_key="train/steps_per_s")
 
 
-_CTRL_SCALARS = ("reward", "entropy", "baseline", "loss", "ppl")
+_CTRL_SCALARS = ("reward", "entropy", "baseline", "loss", "log_ppl")
 _BUFFER_SCALARS = ("replay_loss", "replay_weight", "buffer_size")
 
 
 def _ctrl_summary(means: dict, setup: settings.Setup) -> dict:
   values = {"ctrl/reward": means["reward"], "ctrl/baseline": means["baseline"],
             "ctrl/entropy": means["entropy"], "ctrl/loss": means["loss"],
-            "ctrl/sampled_ppl": means["ppl"], "ctrl/lr": setup.reinforce.lr}
+            # The geometric mean ppl of the window's cells: finite while
+            # every cell's log ppl is (an arithmetic mean overflows as soon
+            # as one cell's ppl does).
+            "ctrl/sampled_log_ppl": means["log_ppl"],
+            "ctrl/sampled_ppl": metrics_lib.exp_or_inf(means["log_ppl"]),
+            "ctrl/lr": setup.reinforce.lr}
   if setup.buffer.enabled:
     # The replay loss is reported from the first stored cell on; its weight
     # in the loss is 0 before buffer.replay_start_epoch.
@@ -155,6 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     settings.ConfigError: an invalid config value (names the key).
     rundir.WorkdirMismatch: ``workdir`` holds a run of another config.
     TrainingDiverged: a non-finite loss (names step and last checkpoint).
+    Interrupted: SIGINT or SIGTERM; a checkpoint was saved first.
   """
   return train_many([config], [workdir], stacked=False)[0]
 
@@ -187,8 +248,8 @@ def train_many(configs, workdirs, *, stacked: bool = True
     groups = {}
     for run in runs:
       if run.finished:
-        print(f"run {run.workdir} already complete; best cell:",
-              json.dumps(run.best), flush=True)
+        print(f"run {run.workdir} already complete: {best_summary(run.best)}",
+              flush=True)
       else:
         groups.setdefault(run.progress() if stacked else id(run),
                           []).append(run)
@@ -196,8 +257,9 @@ def train_many(configs, workdirs, *, stacked: bool = True
       print(f"{sum(map(len, groups.values()))} runs resumed at "
             f"{len(groups)} different points: they advance in "
             f"{len(groups)} groups", flush=True)
-    for group in groups.values():
-      _Loop(group, setup, corpus, train_data, valid_data).run()
+    with _Signals() as signals:
+      for group in groups.values():
+        _Loop(group, setup, corpus, train_data, valid_data, signals).run()
     return [run.loaded(corpus, setup) for run in runs]
   finally:
     for run in runs:
@@ -244,10 +306,11 @@ class _Run:
       self.state, meta = restored
       self.writer.truncate(meta["offsets"])
       self.finished, self.best = meta.get("finished", False), meta.get("best")
-      print(f"run directory: {workdir} (resumed at epoch "
-            f"{int(self.state.epoch)}, shared step "
-            f"{int(self.state.shared_step)}, controller step "
-            f"{int(self.state.ctrl_step)})", flush=True)
+      if not self.finished:
+        print(f"run directory: {workdir} (resumed in epoch "
+              f"{int(self.state.epoch) + 1}/{setup.cadence.epochs} at shared "
+              f"step {int(self.state.shared_step)}, controller step "
+              f"{int(self.state.ctrl_step)})", flush=True)
 
   def progress(self) -> tuple[int, int, int]:
     return (int(self.state.epoch), int(self.state.shared_step),
@@ -272,6 +335,27 @@ class _Run:
         finished=self.finished)
 
 
+def best_summary(best: dict | None) -> str:
+  """One line for a best-cell record (``best_arch.json``)."""
+  if not best:
+    return "no derived cell yet"
+  text = f"best cell {best['arch']} (epoch {best['epoch']}) valid ppl " + (
+      f"{best['valid_ppl']:.1f}")
+  if "test_ppl" in best:
+    text += f", test ppl {best['test_ppl']:.1f}"
+  return text
+
+
+def _duration(seconds: float) -> str:
+  """``1h02m``, ``3m05s`` or ``42s``."""
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  if seconds >= 60:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds}s"
+
+
 def _first(x) -> int:
   """A counter of the (possibly stacked) state: equal across its seeds."""
   return int(np.asarray(x).reshape(-1)[0])
@@ -281,9 +365,12 @@ class _Loop:
   """Drives runs at the same progress through their remaining epochs: one
   run with its own state, or several stacked on a leading seed axis."""
 
-  def __init__(self, runs, setup, corpus, train_data, valid_data):
+  def __init__(self, runs, setup, corpus, train_data, valid_data,
+               signals: _Signals | None = None):
     self.runs, self.setup, self.corpus = runs, setup, corpus
     self.valid_data = valid_data
+    self.signals = signals
+    self._saved_at = None  # Progress of the last save.
     self.stacked = len(runs) > 1
     self.phases = (_shared_phase(setup, train_data),
                    _ctrl_phase(setup, valid_data))
@@ -297,26 +384,54 @@ class _Loop:
   def _seed_state(self, i):
     return seeds.unstack(self.state, i) if self.stacked else self.state
 
+  def _progress(self) -> tuple[int, int, int]:
+    return (_first(self.state.epoch), _first(self.state.shared_step),
+            _first(self.state.ctrl_step))
+
   def save(self, finished=False):
     for i, run in enumerate(self.runs):
       run.save(self._seed_state(i), finished=finished)
       run.finished = finished
+    self._saved_at = self._progress()
+
+  def _stop_if_signalled(self, bar=None) -> None:
+    """After a SIGINT/SIGTERM: saves (unless this point is saved) and raises
+    :class:`Interrupted`."""
+    if self.signals is None or self.signals.received is None:
+      return
+    if bar is not None:
+      bar.close()
+    if self._saved_at != self._progress():
+      self.save()
+    epoch, shared, ctrl = self._progress()
+    epochs = self.setup.cadence.epochs
+    where = (f"after the last epoch ({epochs}/{epochs})" if epoch >= epochs
+             else f"in epoch {epoch + 1}/{epochs}")
+    runs = (f"{len(self.runs)} runs ({', '.join(r.workdir for r in self.runs)})"
+            if self.stacked else self.runs[0].workdir)
+    signum = self.signals.received
+    raise Interrupted(
+        signum, f"interrupted by {_SIGNAL_NAMES[signum]} {where} at shared "
+        f"step {shared}, controller step {ctrl}; checkpoint saved in {runs}; "
+        "rerun the same command to resume")
 
   def _diverged(self, run, what, where, epoch):
     inside = f" in {run.workdir}" if self.stacked else ""
     raise TrainingDiverged(
-        f"non-finite {what} at {where} (epoch {epoch}){inside}; "
+        f"non-finite {what} at {where} (epoch {epoch + 1}){inside}; "
         f"last good checkpoint: {run.ckpt.latest_description()}")
 
   # -- phases ---------------------------------------------------------------
 
   def run(self) -> None:
+    self._start = (time.perf_counter(), _first(self.state.epoch))
     try:
       while _first(self.state.epoch) < self.setup.cadence.epochs:
         epoch = _first(self.state.epoch)
         for phase in self.phases:
           self._run_phase(phase, epoch)
         self._end_epoch(epoch)
+        self._stop_if_signalled()
     finally:
       for i, run in enumerate(self.runs):
         run.state = self._seed_state(i)
@@ -353,7 +468,7 @@ class _Loop:
                               run_metrics, length)
         values = phase.summary(means)
         values[phase.rate_key] = rate
-        run.writer.metrics(epoch * total + done + length, epoch, values,
+        run.writer.metrics(epoch * total + done + length, epoch + 1, values,
                            counter=phase.counter)
         shown.append(list(values.items())[:2])
       done += length
@@ -362,6 +477,7 @@ class _Loop:
                        for n, (key, _) in enumerate(shown[0])})
       if done % cadence.checkpoint_every == 0 or done == total:
         self.save()
+      self._stop_if_signalled(bar)
     bar.close()
 
   def _observe(self, run, phase: Phase, epoch: int, first_step: int,
@@ -378,8 +494,8 @@ class _Loop:
         self._diverged(run, phase.what, f"{phase.name} step {first_step + k}",
                        epoch)
       if phase.log_cells:
-        run.writer.archs(first_step + k, epoch, m["cells"],
-                         m["cell_rewards"], m["cell_ppl"])
+        run.writer.archs(first_step + k, epoch + 1, m["cells"],
+                         m["cell_rewards"], m["cell_log_ppl"])
       window.add(**phase.scalars(m))
     return window.pop()
 
@@ -399,6 +515,14 @@ class _Loop:
   def _derive(self, run, state, epoch, final):
     """Samples the derive cells, keeps the best, evaluates and logs it."""
     start = time.perf_counter()
+    d = self.setup.derive
+    seed = f"seed {run.config.seed}: " if self.stacked else ""
+    windows = self.setup.eval.max_windows
+    splits = "validation and test splits" if final else "validation split"
+    print(f"{seed}epoch {epoch + 1} derive: scoring {d.num_cells} cells on a "
+          "validation batch, then the best on the "
+          + (f"first {windows} windows of the {splits}" if windows
+             else f"whole {splits}"), flush=True)
     cells, ppl = steps.derive_cells(state, self.valid_data, setup=self.setup)
     cells, ppl = np.asarray(cells), np.asarray(ppl)
     finite = np.isfinite(ppl)
@@ -408,8 +532,8 @@ class _Loop:
     best_i = int(np.argmin(np.where(finite, ppl, np.inf)))
     record = self._evaluate_best(run, state, epoch, cells[best_i],
                                  float(ppl[best_i]), final)
-    run.writer.derived(epoch, cells, ppl, best_i)
-    run.writer.metrics(_first(state.shared_step), epoch, {
+    run.writer.derived(epoch + 1, cells, ppl, best_i)
+    run.writer.metrics(_first(state.shared_step), epoch + 1, {
         "valid/ppl": record["valid_ppl"],
         "derive/batch_ppl_best": float(ppl[best_i]),
         "derive/batch_ppl_median": float(np.median(ppl[finite])),
@@ -423,7 +547,7 @@ class _Loop:
       run.best = record
     if final:
       if "test_ppl" in record:
-        run.writer.metrics(_first(state.shared_step), epoch,
+        run.writer.metrics(_first(state.shared_step), epoch + 1,
                            {"test/ppl": record["test_ppl"]})
       run.writer.best_arch(record)
     return record
@@ -438,7 +562,7 @@ class _Loop:
     valid_ppl, valid_tokens = evaluation.evaluate_cell(
         state.shared, cell, self.corpus.valid, **ev)
     record = {
-        "epoch": epoch, "tokens": tokens.tolist(),
+        "epoch": epoch + 1, "tokens": tokens.tolist(),
         "arch": str(search_space.Architecture.from_tokens(tokens)),
         "derive_batch_ppl": batch_ppl, "valid_ppl": valid_ppl,
         "valid_tokens": valid_tokens}
@@ -453,7 +577,8 @@ class _Loop:
 
   def _summary(self, run, epoch, derived):
     last = run.writer.last_values
-    parts = [f"epoch {epoch + 1}/{self.setup.cadence.epochs}"]
+    epochs = self.setup.cadence.epochs
+    parts = [f"epoch {epoch + 1}/{epochs}"]
     if self.stacked:
       parts.insert(0, f"seed {run.config.seed}")
     if "train/ppl" in last:
@@ -466,4 +591,13 @@ class _Loop:
     if run.best is not None:
       parts.append(f"best {run.best['arch']} "
                    f"(valid ppl {run.best['valid_ppl']:.1f})")
+    # The ETA extrapolates this process's epochs (the first one compiles).
+    start, first_epoch = self._start
+    elapsed = time.perf_counter() - start
+    left = epochs - (epoch + 1)
+    timing = f"elapsed {_duration(elapsed)}"
+    if left:
+      timing += (f", ETA {_duration(elapsed / (epoch + 1 - first_epoch) * left)}"
+                 f" for {left} more epoch{'s' if left > 1 else ''}")
+    parts.append(timing)
     print(" | ".join(parts), flush=True)

@@ -12,7 +12,7 @@ import pytest
 from nas_jax import data
 
 REPO_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-PTB_DIR = os.path.join(REPO_ROOT, "data", "ptb")
+PTB_DIR = os.path.join(REPO_ROOT, "nas_jax", "corpora", "ptb")
 # DESIGN.md: the shared data lives at ../shared/data/ relative to the repo.
 SHAKESPEARE_DIR = os.path.join(REPO_ROOT, "..", "shared", "data",
                                "tinyshakespeare")

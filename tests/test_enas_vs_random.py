@@ -86,6 +86,14 @@ def test_separate_seed_jobs_merge_into_one_report(tmp_path):
   with open(os.path.join(workdir, "report.md")) as f:
     report = f.read()
   assert "Kendall tau-b" in report and "Seeds: 0, 1." in report
+  # It opens with every search and from-scratch run, each with its report.
+  assert "## The searches" in report
+  for rel in ("enas/seed_1", "random_ws/seed_0", "fixed/enas_seed_0",
+              "fixed/random_ws_seed_1"):
+    assert f"[report]({rel}/report.md)" in report, rel
+    assert os.path.isfile(os.path.join(workdir, rel, "report.md")), rel
+  assert os.path.getsize(os.path.join(workdir, "figures",
+                                      "returned_cells.png")) > 0
   assert os.path.getsize(os.path.join(workdir, "figures",
                                       "sampled_ppl_density.png")) > 0
   with pytest.raises(FileNotFoundError, match="run the experiment"):

@@ -121,11 +121,11 @@ def test_smoke_equals_enas_probe_smoke():
 
 
 def test_default_data_dir_is_bundled_ptb():
-  """The default data dir is the repo's data/ptb and holds the three splits."""
+  """The default data dir is the bundled nas_jax/corpora/ptb with the splits."""
   config = experiments.get_config("enas_probe")[1]
   assert config.data.dir == common.DEFAULT_DATA_DIR
   assert os.path.samefile(config.data.dir,
-                          os.path.join(REPO_ROOT, "data", "ptb"))
+                          os.path.join(REPO_ROOT, "nas_jax", "corpora", "ptb"))
   assert os.path.isabs(config.data.dir)
   for split in ("train.txt", "valid.txt", "test.txt", "SHA256SUMS"):
     assert os.path.isfile(os.path.join(config.data.dir, split))
@@ -178,3 +178,23 @@ def test_only_multi_seed_experiments_have_seeds():
 def test_unknown_preset_lists_the_valid_ones():
   with pytest.raises(ValueError, match="valid presets: paper, smoke"):
     experiments.get_config("enas_probe:papr")
+
+
+def test_describe_aligns_descriptions_past_the_longest_name():
+  """Every description starts in the same column, after the longest name
+  (enas_vs_random, 14 characters) and two spaces."""
+  lines = experiments.describe().splitlines()[:len(experiments.names())]
+  width = max(map(len, experiments.names()))
+  columns = {len(line) - len(line[2 + width:].lstrip()) for line in lines}
+  assert columns == {2 + width + 2}, lines
+
+
+def test_train_fixed_config_has_no_search_arch_to_set():
+  """train_fixed's cell is ``arch`` only: --print_config shows no empty
+  ``search.arch`` (run_config fills it from ``arch``)."""
+  from experiments import train_fixed  # pylint: disable=g-import-not-at-top
+  config = experiments.get_config("train_fixed")[1]
+  assert "arch" not in config.search and config.arch == ""
+  config.unlock()
+  config.arch = "0 0 1 1 2 1 3"
+  assert train_fixed.run_config(config).search.arch == "0 0 1 1 2 1 3"

@@ -17,7 +17,7 @@ from nas_jax import files
 from nas_jax import rundir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PTB_DIR = os.path.join(REPO_ROOT, "data", "ptb")
+PTB_DIR = os.path.join(REPO_ROOT, "nas_jax", "corpora", "ptb")
 
 
 def _launch(*args):

@@ -177,6 +177,14 @@ def test_tiny_experiment_end_to_end(tmp_path):
   with open(os.path.join(workdir, "report.md")) as f:
     report = f.read()
   assert "clean vs none" in report and buffer_comparison.PRIMARY in report
+  # It opens with the runs: each one's returned cell and own report.
+  assert "## The searches" in report
+  assert "[report](clean/seed_0/report.md)" in report
+  assert os.path.getsize(os.path.join(workdir, "figures",
+                                      "returned_cells.png")) > 0
+  with open(os.path.join(files.run_dir(workdir, "clean", 0),
+                         "report.md")) as f:
+    assert "## The search\n" in f.read()
   again = memory_buffer.run(config, workdir)
   assert (again["comparisons"]["clean"]["encoding_score"]
           == comp["encoding_score"])

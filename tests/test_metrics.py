@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -14,6 +15,25 @@ from nas_jax import metrics
 def _read_lines(path):
   with open(path) as f:
     return [json.loads(line) for line in f]
+
+
+def _tensorboard_scalars(directory):
+  """``{tag: [(step, value)]}`` from the event files in ``directory`` (the
+  TFRecord framing: length, its CRC, the Event proto, its CRC)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), "rb") as f:
+      blob = f.read()
+    pos = 0
+    while pos < len(blob):
+      (length,) = struct.unpack("<Q", blob[pos:pos + 8])
+      event = event_pb2.Event.FromString(blob[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append(
+            (event.step, pytest.approx(value.simple_value)))
+  return out
 
 
 def _read_bytes(workdir):
@@ -36,7 +56,7 @@ def _write_some(writer, step):
   """One record in each log file."""
   writer.metrics(step, 0, {"train/loss": 1.5 + step})
   writer.archs(step, 0, np.array([[0, 1, 2, 3]]), np.array([0.5]),
-               np.array([120.0]))
+               np.array([np.log(120.0)]))
   writer.derived(0, np.array([[0, 1], [2, 3]]), np.array([100.0, 90.0]), 1)
 
 
@@ -66,7 +86,7 @@ def test_non_finite_values_become_null(tmp_path, writer):
   """NaN and inf are written as JSON null in every log, never as NaN."""
   writer.metrics(1, 0, {"a": float("nan"), "b": float("inf"), "c": 1.0})
   writer.archs(1, 0, np.array([[0, 1], [1, 0]]),
-               np.array([np.nan, 0.5]), np.array([np.inf, 80.0]))
+               np.array([np.nan, 0.5]), np.array([np.inf, np.log(80.0)]))
   writer.derived(0, np.array([[0, 1], [1, 0]]),
                  np.array([-np.inf, 70.0]), 1)
   writer.flush()
@@ -77,8 +97,8 @@ def test_non_finite_values_become_null(tmp_path, writer):
   assert record["a"] is None and record["b"] is None and record["c"] == 1.0
   bad, good = _read_lines(tmp_path / "archs.jsonl")
   assert bad == {"ctrl_step": 1, "epoch": 0, "tokens": [0, 1],
-                 "reward": None, "ppl": None}
-  assert good["reward"] == 0.5 and good["ppl"] == 80.0
+                 "reward": None, "log_ppl": None, "ppl": None}
+  assert good["reward"] == 0.5 and good["ppl"] == pytest.approx(80.0)
   (derived,) = _read_lines(tmp_path / "derived.jsonl")
   assert derived == {"epoch": 0, "best": 1, "cells": [[0, 1], [1, 0]],
                      "ppl": [None, 70.0]}
@@ -88,11 +108,13 @@ def test_archs_writes_one_line_per_cell(tmp_path, writer):
   """archs() writes one record per sampled cell, with its tokens."""
   cells = np.arange(12, dtype=np.int32).reshape(3, 4)
   writer.archs(5, 2, cells, np.array([0.1, 0.2, 0.3]),
-               np.array([10.0, 20.0, 30.0]))
+               np.log(np.array([10.0, 20.0, 30.0])))
   writer.flush()
   records = _read_lines(tmp_path / "archs.jsonl")
   assert [r["tokens"] for r in records] == cells.tolist()
-  assert [r["ppl"] for r in records] == [10.0, 20.0, 30.0]
+  assert [r["ppl"] for r in records] == pytest.approx([10.0, 20.0, 30.0])
+  assert [r["log_ppl"] for r in records] == pytest.approx(
+      np.log([10.0, 20.0, 30.0]).tolist())
   assert all(r["ctrl_step"] == 5 and r["epoch"] == 2 for r in records)
 
 
@@ -189,3 +211,49 @@ def test_metrics_write_tensorboard_events(tmp_path, writer):
   assert len(events) == 1
   assert events[0].stat().st_size > 0
   assert b"train/loss" in events[0].read_bytes()
+
+
+def test_a_cell_whose_ppl_overflows_float32_logs_finite_values(tmp_path,
+                                                               writer):
+  """log ppl 95 overflows exp in float32 (the controller step's ppl): the
+  log keeps the finite log ppl and a float64 ppl, never null or inf."""
+  with np.errstate(over="ignore"):
+    assert not np.isfinite(np.exp(np.float32(95.0)))
+  writer.archs(1, 1, np.array([[0, 1]]), np.array([0.0]),
+               np.array([95.0], np.float32))
+  writer.flush()
+  (record,) = _read_lines(tmp_path / "archs.jsonl")
+  assert record["log_ppl"] == 95.0
+  assert record["ppl"] == pytest.approx(math.exp(95.0))
+
+
+def test_exp_or_inf():
+  """exp in float64; inf past its range instead of OverflowError."""
+  assert metrics.exp_or_inf(1.0) == pytest.approx(math.e)
+  assert metrics.exp_or_inf(800.0) == math.inf
+  assert math.isnan(metrics.exp_or_inf(math.nan))
+
+
+def test_non_finite_values_stay_out_of_tensorboard(tmp_path, writer):
+  """TensorBoard gets only finite scalars (tensorboardX warns on the rest)."""
+  writer.metrics(1, 1, {"a": float("nan"), "b": 2.0})
+  writer.metrics(2, 1, {"a": 3.0, "b": float("inf")})
+  writer.close()
+  assert _tensorboard_scalars(str(tmp_path / files.TENSORBOARD_DIR)) == {
+      "a": [(2, 3.0)], "b": [(1, 2.0)]}
+
+
+def test_truncate_restores_the_latest_values(tmp_path, writer):
+  """A resumed writer knows each metric's latest value (the epoch summary
+  shows train ppl after a resume in the controller phase)."""
+  writer.metrics(10, 1, {"train/ppl": 500.0, "train/loss": 6.2})
+  writer.metrics(20, 1, {"train/ppl": 400.0})
+  writer.metrics(5, 1, {"ctrl/reward": 0.1}, counter="ctrl_step")
+  offsets = writer.offsets()
+  writer.metrics(10, 1, {"ctrl/reward": 0.9}, counter="ctrl_step")
+  writer.close()
+  resumed = metrics.RunWriter(str(tmp_path))
+  resumed.truncate(offsets)
+  resumed.close()
+  assert resumed.last_values == {"train/ppl": 400.0, "train/loss": 6.2,
+                                 "ctrl/reward": 0.1}

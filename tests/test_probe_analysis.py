@@ -1,10 +1,14 @@
-"""probe_analysis.analyse gives the numbers of one correlate call per pair."""
+"""probe_analysis.analyse gives the numbers of one correlate call per pair;
+its report and figures show what they claim to."""
+
+import os
 
 import numpy as np
 import pytest
 
 from benchmarks import probe_stats
 from experiments import common
+from nas_jax import search_space
 from nas_jax.analysis import edit_distance
 from nas_jax.analysis import pairwise
 from nas_jax.analysis import probe_analysis
@@ -90,3 +94,156 @@ def test_arm_keys_keep_their_order(analysed):
       "unique_cells", "ppl_median", "ppl_non_finite", "ged_timeouts",
       "correlations", "nearest_neighbour", "ridge", "permuted", "per_step",
       "_matrices", "_hidden_l2", "_properties"]
+
+
+def test_carry_pca_equals_numpy_svd(analysed):
+  """results["carry_pca"]: explained variance ratios and projection of
+  scikit-learn's PCA are those of the SVD of the centred h (up to sign)."""
+  raw, _, results = analysed
+  for arm in probe_analysis.ARMS:
+    h = raw[f"{arm}/h"].astype(np.float64)
+    u, s, _ = np.linalg.svd(h - h.mean(0), full_matrices=False)
+    res = results["carry_pca"][arm]
+    n = min(probe_analysis.PCA_COMPONENTS, *h.shape)
+    np.testing.assert_allclose(res["explained_variance_ratio"],
+                               (s**2 / np.sum(s**2))[:n], rtol=1e-10)
+    xy = res["_projection"]
+    np.testing.assert_allclose(np.abs(xy), np.abs(u[:, :2] * s[:2]),
+                               atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def written(analysed, tmp_path_factory):
+  """write_outputs with a preface; every figure drawn, kept by file name."""
+  from nas_jax.analysis import figures  # pylint: disable=g-import-not-at-top
+  raw, _, results = analysed
+  run_dir = str(tmp_path_factory.mktemp("probe_run"))
+  drawn, save = {}, figures._save
+  def keep(fig, fig_dir, name):
+    drawn[name] = fig
+    return save(fig, fig_dir, name)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(figures, "_save", keep)
+    probe_analysis.write_outputs(results, raw, run_dir,
+                                 preface="# The search\n\nSearch text.\n")
+  report = open(os.path.join(run_dir, "report.md")).read()
+  return run_dir, drawn, report
+
+
+def _panels(fig):
+  return [ax for ax in fig.axes if ax.axison and ax.get_label() !=
+          "<colorbar>"]
+
+
+def test_every_figure_written(written):
+  run_dir, drawn, report = written
+  fig_dir = os.path.join(run_dir, "figures")
+  # K = 24 >= TSNE_MIN_CELLS: the t-SNE figure is drawn too.
+  assert set(os.listdir(fig_dir)) == set(drawn) == {
+      "hidden_distance_density.png", "hidden_vs_graph_metrics.png",
+      "closest_farthest_pairs.png", "hidden_vs_ppl_difference.png",
+      "hidden_pca.png", "hidden_tsne.png", "per_step_decisions.png"}
+  for name in drawn:
+    assert os.path.getsize(os.path.join(fig_dir, name)) > 0, name
+    assert f"](figures/{name})" in report, name
+  assert "t-SNE skipped" not in report
+
+
+def test_scatter_one_panel_per_metric_with_rho_and_p(written, analysed):
+  _, _, results = analysed
+  panels = _panels(written[1]["hidden_vs_graph_metrics.png"])
+  assert [ax.get_title().split(" ")[0] for ax in panels] == list(
+      probe_analysis.METRICS)
+  for ax, name in zip(panels, probe_analysis.METRICS):
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    for arm, label in zip(probe_analysis.ARMS, labels):
+      s = results["arms"][arm]["correlations"]["h/l2"][name]["spearman"]
+      assert label.startswith(f"{arm}: rho {s['rho']:+.3f}, Mantel p "
+                              f"{s['p_mantel']:.2g}"), label
+
+
+def test_scatter_draws_only_metrics_with_values(analysed, tmp_path):
+  """Edit distances with no value at any pair get no panel."""
+  from nas_jax.analysis import figures  # pylint: disable=g-import-not-at-top
+  raw, _, results = analysed
+  arms = {}
+  for arm, res in results["arms"].items():
+    matrices = dict(res["_matrices"])
+    matrices["labelled_ged"] = np.full_like(matrices["labelled_ged"], np.nan)
+    del matrices["topological_ged"]
+    arms[arm] = dict(res, _matrices=matrices)
+  names = figures.scatter_metrics(dict(results, arms=arms))
+  assert names == [n for n in probe_analysis.METRICS
+                   if n not in probe_analysis.SUBSET_METRICS]
+  assert figures.scatter(dict(results, arms=arms), raw, str(tmp_path))
+
+
+def test_pca_axes_give_the_explained_variance_and_last_token(written,
+                                                             analysed):
+  raw, _, results = analysed
+  panels = _panels(written[1]["hidden_pca.png"])
+  ratio = results["carry_pca"]["trained"]["explained_variance_ratio"]
+  for ax in panels:
+    assert ax.get_xlabel() == f"PC 1 ({100 * ratio[0]:.1f}% of variance)"
+    assert ax.get_ylabel() == f"PC 2 ({100 * ratio[1]:.1f}% of variance)"
+  # The last panel: one colour per choice of the last token h read (2N-3).
+  t = raw["trained/tokens"].shape[1]
+  assert f"(token {t - 2})" in panels[-1].get_title()
+  assert "not read the last activation" in panels[-1].get_title()
+  choices = [int(x.get_text())
+             for x in panels[-1].get_legend().get_texts()]
+  assert choices == sorted(set(raw["trained/tokens"][:, t - 2].tolist()))
+
+
+def test_per_step_lines_distinct_with_uniform_reference(written, analysed):
+  raw, _, _ = analysed
+  sizes = search_space.decision_sizes(
+      search_space.num_nodes_from_tokens(raw["trained/tokens"].shape[1]))
+  panels = _panels(written[1]["per_step_decisions.png"])
+  for ax, uniform in zip(panels, (1.0 / sizes, np.log(sizes))):
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["uniform choice"].get_ydata(), uniform)
+    styles = {(line.get_color(), line.get_linestyle(), line.get_marker())
+              for name, line in lines.items() if name != "uniform choice"}
+    assert len(styles) == 4
+    for arm in probe_analysis.ARMS:
+      assert (lines[f"{arm}, random state"].get_zorder()
+              > lines[f"{arm}, zero state"].get_zorder())
+
+
+def test_report_header_and_preface(written, analysed):
+  _, _, report = written
+  _, _, results = analysed
+  assert report.startswith("# The search\n\nSearch text.\n\n## Controller "
+                           "probe\n")
+  # With a preface the probe's headings move one level down.
+  assert [line for line in report.splitlines()
+          if line.startswith("# ")] == ["# The search"]
+  assert "\n### Verdicts\n" in report
+  assert "{'" not in report
+  assert ("trained: 24 distinct of 24 sampled cells; untrained: 24 distinct "
+          "of 24") in report
+  assert "topological_ged: trained 0, untrained 0" in report
+  ratio = results["carry_pca"]["trained"]["explained_variance_ratio"]
+  assert f"trained {100 * ratio[0]:.1f}% and {100 * ratio[1]:.1f}%" in report
+
+
+def test_report_notes_skipped_tsne(analysed):
+  _, _, results = analysed
+  names = {key: f"{key}.png" for key in ("density", "scatter", "pairs",
+                                         "ppl", "pca", "steps")}
+  report = probe_analysis._report(dict(results, num_cells=12),
+                                  dict(names, tsne=None))
+  assert report.startswith("# Controller probe\n")
+  assert "t-SNE skipped: K = 12 cells, fewer than the 20" in report
+  assert "tsne" not in report.replace("t-SNE", "")
+
+
+def test_tsne_skipped_below_its_minimum(analysed, tmp_path):
+  from nas_jax.analysis import figures  # pylint: disable=g-import-not-at-top
+  raw, _, results = analysed
+  k = figures.TSNE_MIN_CELLS - 1
+  small = {key: (v[:k] if key.startswith(("trained/", "untrained/")) else v)
+           for key, v in raw.items()}
+  assert figures.tsne(results, small, str(tmp_path)) is None
+  assert not os.listdir(tmp_path)

@@ -29,7 +29,14 @@ def test_probe_writes_report_figures_results_and_raw_data(probed_run):
   for name in ("report.md", "results.json", "probe.npz", "best_arch.json"):
     assert os.path.isfile(os.path.join(workdir, name)), name
   figures = os.listdir(os.path.join(workdir, "figures"))
-  assert len([f for f in figures if f.endswith(".png")]) == 6
+  # The probe's figures (the search report adds its own beside them), with
+  # the t-SNE one from 20 cells on.
+  probe_figures = {"hidden_distance_density.png", "hidden_vs_graph_metrics.png",
+                   "closest_farthest_pairs.png", "hidden_vs_ppl_difference.png",
+                   "hidden_pca.png", "per_step_decisions.png"}
+  if config.probe.num_cells >= 20:
+    probe_figures.add("hidden_tsne.png")
+  assert probe_figures <= set(figures)
   report = open(os.path.join(workdir, "report.md")).read()
   for text in ("Claim 3", "Claim 4", "has **not** seen the last",
                "aligned_edit_distance", "untrained", "permuted"):

@@ -227,7 +227,7 @@ def test_latest_description_names_epoch_and_steps(tmp_path):
     description = rd.latest_description()
   finally:
     rd.close()
-  assert "epoch 2" in description
+  assert "2 epochs done" in description
   assert "shared step 80" in description
   assert "controller step 5" in description
   assert os.path.join(workdir, "checkpoints", "87") in description

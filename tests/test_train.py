@@ -1,12 +1,13 @@
 """Tests for nas_jax.train: whole runs of the search loop.
 
 Whole runs use the ``smoke`` config (tiny sizes, every phase); the resume
-test kills a real ``launch.py`` process with SIGKILL.
+test stops a real ``launch.py`` process with SIGKILL, SIGINT and SIGTERM.
 """
 
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,43 +108,133 @@ def test_rerunning_a_finished_run_changes_nothing(smoke_run):
   assert _run_outputs(workdir) == before
 
 
-def test_resume_after_sigkill_gives_identical_results(smoke_run, tmp_path):
-  """SIGKILL a launch.py run twice at different moments; resume; compare."""
+_INTERRUPTED = re.compile(
+    r"^interrupted by (SIG[A-Z]+) in epoch (\d+)/\d+ at shared step (\d+), "
+    r"controller step (\d+); checkpoint saved in (.+); rerun the same "
+    r"command to resume$")
+
+
+def test_resume_after_sigkill_sigint_and_sigterm_gives_identical_results(
+    smoke_run, tmp_path):
+  """Stop a launch.py run with SIGKILL, then SIGINT, then SIGTERM, at later
+  and later moments; resume; compare with the uninterrupted run.
+
+  SIGINT and SIGTERM save a checkpoint where they stop, print one line (no
+  traceback) and exit with 130 and 143."""
   reference, _ = smoke_run
   workdir = str(tmp_path / "killed")
   cmd = [sys.executable, "launch.py", "--experiment=smoke",
          f"--workdir={workdir}"]
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  # The three processes share a compilation cache: only the first compiles.
+  # The processes share a compilation cache: only the first compiles.
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-  # Kill once after the first checkpoint, once after at least four.
-  for wanted in (1, 4):
+  for wanted, signum in ((1, signal.SIGKILL), (3, signal.SIGINT),
+                         (5, signal.SIGTERM)):
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env,
                             stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-      done = [d for d in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir)
-                          else []) if d.isdigit()]
-      if done and max(int(d) for d in done) >= _min_tick(wanted):
+      if _latest_tick(ckpt_dir) >= _min_tick(wanted):
         break
       time.sleep(0.05)
-    assert proc.poll() is None, "run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.poll() is None, "run ended before it could be stopped"
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
     assert not os.path.exists(os.path.join(workdir, "best_arch.json"))
+    if signum == signal.SIGKILL:
+      assert proc.returncode == -signal.SIGKILL
+      continue
+    assert proc.returncode == 128 + signum, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    match = _INTERRUPTED.match(stderr.strip().splitlines()[-1])
+    assert match, stderr[-2000:]
+    name, epoch, shared, ctrl, where = match.groups()
+    assert name == signal.Signals(signum).name and where == workdir
+    # The checkpoint of the stopping point: tick = epochs done + steps.
+    assert _latest_tick(ckpt_dir) == int(epoch) - 1 + int(shared) + int(ctrl)
   result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "resumed" in result.stdout
+  assert "resumed in epoch" in result.stdout
   assert _run_outputs(workdir) == _run_outputs(reference)
+  # The report opens with the search; the console ends with a summary.
+  report = os.path.join(workdir, "report.md")
+  with open(report) as f:
+    text = f.read()
+  assert text.startswith("# Run ") and "\n## The search\n" in text
+  assert "\n## Controller probe\n" in text
+  assert f"`{reference_best(reference)}`" in text
+  for name in ("best_cell.png", "derived_cells.png", "search_curves.png"):
+    assert os.path.getsize(os.path.join(workdir, "figures", name)) > 0
+  last = result.stdout.strip().splitlines()[-1]
+  assert last.startswith("enas_probe: best cell ") and "test ppl" in last
+  # Rerunning the finished run redoes nothing and prints the same summary.
+  stamp = os.stat(report).st_mtime_ns
+  again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "already complete" in again.stdout
+  assert "probe: already done" in again.stdout
+  assert again.stdout.strip().splitlines()[-1] == last
+  assert os.stat(report).st_mtime_ns == stamp
+
+
+def reference_best(workdir):
+  with open(os.path.join(workdir, "best_arch.json")) as f:
+    return json.load(f)["arch"]
+
+
+def _latest_tick(ckpt_dir):
+  done = [int(d) for d in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir)
+                           else []) if d.isdigit()]
+  return max(done, default=-1)
 
 
 def _min_tick(n):
   # Smoke checkpoints every 2 steps: the n-th lands at tick >= 2 n.
   return 2 * n
+
+
+def test_epochs_are_numbered_from_one_everywhere(smoke_run):
+  """metrics.jsonl, archs.jsonl, derived.jsonl and best_arch.json number
+  the epochs 1..E, as the console does."""
+  workdir, best = smoke_run
+  epochs = smoke_config().train.epochs
+  outputs = _run_outputs(workdir)
+  for name in ("metrics", "archs", "derived"):
+    assert {r["epoch"] for r in outputs[name]} == set(
+        range(1, epochs + 1)), name
+  assert best["epoch"] == epochs
+  (test_row,) = [r for r in outputs["metrics"] if "test/ppl" in r]
+  assert test_row["epoch"] == epochs
+
+
+def test_a_diverging_cell_leaves_only_finite_or_null_logs(tmp_path):
+  """Cells whose ppl overflows float32 (log ppl > 88.7) and even float64:
+  the logs keep finite log ppls; a ppl beyond float64 is null, never NaN or
+  inf, and TensorBoard gets no non-finite value."""
+  config = smoke_config(**{"model.init_range": 3.0, "train.lr": 0.0,
+                           "train.epochs": 1})
+  workdir = str(tmp_path / "diverging")
+  train.train_and_evaluate(config, workdir)
+  archs = _read_lines(os.path.join(workdir, "archs.jsonl"))
+  log_ppl = [a["log_ppl"] for a in archs]
+  assert all(v is not None and math.isfinite(v) for v in log_ppl)
+  assert max(log_ppl) > 89.0  # The case that made mean ppl inf before.
+  rows = _read_lines(os.path.join(workdir, "metrics.jsonl"))
+  companions = {"train/ppl": "train/loss",
+                "ctrl/sampled_ppl": "ctrl/sampled_log_ppl"}
+  for row in rows:
+    for key, value in row.items():
+      if value is None:  # Only an overflowing ppl, beside its finite log.
+        assert key in companions, (key, row)
+        assert math.isfinite(row[companions[key]]), row
+      else:
+        assert math.isfinite(value), (key, row)
+  assert any(r.get("ctrl/sampled_log_ppl") is not None for r in rows)
 
 
 def test_random_ws_trains_no_controller(tmp_path):

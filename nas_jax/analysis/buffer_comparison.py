@@ -266,10 +266,16 @@ def _side_by_side(results):
 
 def write_outputs(results, workdir) -> None:
   """``report.md``, ``results.json`` and ``figures/`` in ``workdir``."""
-  from nas_jax.analysis import figures  # matplotlib only when writing.
+  # matplotlib only when writing.
+  from nas_jax.analysis import figures  # pylint: disable=g-import-not-at-top
+  from nas_jax.analysis import search_report  # pylint: disable=g-import-not-at-top
   fig = figures.encoding_scores(results, METRICS,
                                 reports.figures_dir(workdir))
-  reports.write(workdir, results, _report(results, fig))
+  overview = search_report.runs_overview(workdir, [
+      (f"{arm}, seed {s}", os.path.relpath(files.run_dir(workdir, arm, s),
+                                           workdir))
+      for s in results["seeds"] for arm in results["arms"]])
+  reports.write(workdir, results, _report(results, fig, overview))
 
 
 def _findings(results):
@@ -295,8 +301,9 @@ def _timing(results):
           if "total_seconds" in timing else "")
 
 
-def _report(results, fig) -> str:
-  """The text of ``report.md``; ``fig`` is the figure's file name."""
+def _report(results, fig, overview) -> str:
+  """The text of ``report.md``; ``fig`` is the figure's file name,
+  ``overview`` the runs' section (``search_report.runs_overview``)."""
   arms, seeds = results["arms"], results["seeds"]
   return f"""# Memory buffer: does replay make the carry encode structure?
 
@@ -309,6 +316,8 @@ trained controller's carry distances (h after the last decision step's input,
 L2) and the metric over all pairs of the probe's cells, signed so that larger
 means "closer carries for more similar cells". The change per seed is
 arm minus {BASELINE}; the tests are paired across seeds.
+
+{overview}
 
 ## Findings
 

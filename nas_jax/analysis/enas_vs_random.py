@@ -181,10 +181,21 @@ def verdict(results) -> str:
 
 def write_outputs(results, workdir) -> None:
   """``report.md``, ``results.json`` and ``figures/`` in ``workdir``."""
-  from nas_jax.analysis import figures  # matplotlib only when writing.
+  # matplotlib only when writing.
+  from nas_jax.analysis import figures  # pylint: disable=g-import-not-at-top
+  from nas_jax.analysis import search_report  # pylint: disable=g-import-not-at-top
   fig = figures.sampled_ppl_density(results, reports.figures_dir(workdir),
                                     DENSITY_LABELS)
-  reports.write(workdir, results, _report(results, fig))
+  runs = []
+  for s in results["seeds"]:
+    for method, name in (("enas", "ENAS"), ("random_ws", "RS-WS")):
+      runs.append((f"{name}, seed {s}", os.path.relpath(
+          files.run_dir(workdir, method, s), workdir)))
+    for method, name in (("enas", "ENAS"), ("random_ws", "RS-WS")):
+      runs.append((f"{name}'s cell from scratch, seed {s}", os.path.relpath(
+          fixed_dir(workdir, method, s), workdir)))
+  overview = search_report.runs_overview(workdir, runs)
+  reports.write(workdir, results, _report(results, fig, overview))
 
 
 def _per_seed_table(results):
@@ -249,8 +260,9 @@ def _proxy_text(results):
           f"{statistics}\n\n{cells}")
 
 
-def _report(results, fig) -> str:
-  """The text of ``report.md``; ``fig`` is the figure's file name."""
+def _report(results, fig, overview) -> str:
+  """The text of ``report.md``; ``fig`` is the figure's file name,
+  ``overview`` the runs' section (``search_report.runs_overview``)."""
   seeds = results["seeds"]
   return f"""# ENAS vs random search with weight sharing
 
@@ -258,6 +270,8 @@ Seeds: {', '.join(str(s) for s in seeds)}. Per seed, ENAS and RS-WS searched
 on the same budget and data order; each derived cell was then trained from
 scratch on the same budget (`train_fixed`). Differences are ENAS minus
 RS-WS, paired by seed: negative perplexity differences favour ENAS.
+
+{overview}
 
 ## Verdict
 

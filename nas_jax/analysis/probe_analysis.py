@@ -25,6 +25,35 @@ permutations and resamples all those calls draw alike, and the ridge probes
 of one carry share their SVDs (:func:`carry_probes.ridge_cv_many`): the same
 numbers, an order of magnitude faster at ``K = 1000`` (``python -m
 benchmarks.probe_stats``).
+
+``results.json``, top level (keys starting with ``_`` are working data for
+the figures and are not written):
+
+* ``run_dir``: the probed search run's directory.
+* ``checkpoint``: which checkpoint the trained controller came from (its
+  path, epoch, shared and controller step).
+* ``epochs_trained``, ``ctrl_steps``: that checkpoint's supernet epochs and
+  controller (REINFORCE) steps.
+* ``num_cells``: ``K``, the cells sampled per controller.
+* ``num_pairs``: ``K (K - 1) / 2``, the pairs of the whole-matrix metrics.
+* ``ged_pairs``: the random subset of pairs the networkx edit distances
+  (``topological_ged``, ``labelled_ged``) were computed on.
+* ``settings``: the probe's config section.
+* ``arms``: ``trained`` and ``untrained``, each with ``unique_cells``,
+  ``ppl_median``, ``ppl_non_finite``, ``ged_timeouts[metric]``,
+  ``correlations["<carry>/<l2|cosine>"][metric]`` (a
+  :func:`pairwise.correlate <nas_jax.analysis.pairwise.correlate>` dict),
+  ``nearest_neighbour[metric]``, ``ridge[carry][target]``, ``permuted[metric]``
+  (the trained arm only: the shuffled-cells control) and ``per_step`` (mean
+  max probability and entropy per decision step, from the zero state and from
+  random states).
+* ``carry_pca``: per arm, ``explained_variance_ratio``: the fraction of the
+  variance of h on each of its first (up to :data:`PCA_COMPONENTS`)
+  principal components (scikit-learn's PCA; the PCA figure's axes).
+* ``verdicts``: ``claim3`` and ``claim4`` (the verdicts), ``rule3`` and
+  ``rule4`` (the rules they apply).
+* ``timing``: ``collect_seconds`` and ``total_seconds`` of the probe (added
+  by ``experiments/probe.py``, which runs it).
 """
 
 from __future__ import annotations
@@ -34,6 +63,7 @@ import os
 from typing import Any
 
 import numpy as np
+from sklearn import decomposition
 
 from nas_jax.analysis import blas
 from nas_jax.analysis import carry_probes
@@ -58,6 +88,8 @@ SUBSET_METRICS = ("topological_ged", "labelled_ged")
 CARRIES = ("h", "c", "ch")
 MAIN_CARRY, MAIN_DISTANCE = "h", "l2"
 ALPHA = 0.05
+# Principal components of h whose explained variance results.json keeps.
+PCA_COMPONENTS = 10
 # The shuffled-cells control (pairwise.permuted_pairs_control): its key while
 # it is computed with the carries, and its number of permutations (that
 # function's default, whatever the settings say).
@@ -107,17 +139,50 @@ def analyse(raw: dict[str, np.ndarray], p, run_dir: str) -> dict[str, Any]:
   with blas.single_threaded():  # Many small products: nas_jax.analysis.blas.
     for arm in ARMS:
       results["arms"][arm] = _analyse_arm(raw, arm, p, pairs)
+  results["carry_pca"] = {arm: carry_pca(_carry(raw, arm, MAIN_CARRY))
+                          for arm in ARMS}
   results["verdicts"] = verdicts(results)
   return results
+
+
+def carry_pca(x, num_components: int = PCA_COMPONENTS) -> dict[str, Any]:
+  """scikit-learn's PCA (exact SVD) of the carries ``x`` ``[K, D]``.
+
+  Returns:
+    ``explained_variance_ratio``: the fraction of the total variance on each
+    of the first ``min(num_components, K, D)`` components (the squared
+    singular values of the centred ``x`` over their sum); ``_projection``:
+    ``[K, 2]`` the cells on the first two components (zeros where ``x`` has
+    fewer), for the figure.
+  """
+  x = np.asarray(x, np.float64)
+  n = min(num_components, *x.shape)
+  fitted = decomposition.PCA(n_components=n, svd_solver="full").fit(x)
+  xy = np.zeros((x.shape[0], 2))
+  xy[:, :min(n, 2)] = fitted.transform(x)[:, :2]
+  return {"explained_variance_ratio":
+              fitted.explained_variance_ratio_.tolist(),
+          "_projection": xy}
+
+
+def _progress(message: str) -> None:
+  """One console line per stage of the analysis (it runs for minutes at
+  paper sizes)."""
+  print(f"probe: {message}", flush=True)
 
 
 def _analyse_arm(raw, arm, p, pairs) -> dict[str, Any]:
   """The statistics of one controller (``arm``) of the probe."""
   tokens = raw[f"{arm}/tokens"]
   ppl = raw[f"{arm}/ppl"]
+  _progress(f"{arm} controller: graph metrics, edit distances of "
+            f"{len(pairs)} pairs (up to {p.ged_timeout:g} s each)")
   metrics = _graph_metrics(tokens, p, pairs)
   props = graph_metrics.cell_properties(tokens)
   main_dist = _distance(_carry(raw, arm, MAIN_CARRY), MAIN_DISTANCE)
+  _progress(f"{arm} controller: correlations ({p.num_permutations} "
+            f"permutations, {p.num_bootstrap} bootstrap resamples), "
+            "neighbours, ridge probes")
   correlations = _correlations(raw, arm, metrics, main_dist, p, pairs)
   arm_res: dict[str, Any] = {
       "unique_cells": len({tuple(t) for t in tokens}),
@@ -357,11 +422,69 @@ def _ridge_table(results):
       ["target"] + [f"{arm} {c}" for arm in ARMS for c in CARRIES], rows)
 
 
-def write_outputs(results, raw, run_dir) -> None:
-  """``report.md``, ``figures/*.png`` and ``results.json`` in ``run_dir``."""
+def write_outputs(results, raw, run_dir, preface: str = "") -> None:
+  """``report.md``, ``figures/*.png`` and ``results.json`` in ``run_dir``.
+
+  Args:
+    results: :func:`analyse`'s.
+    raw: the probe data it analysed.
+    run_dir: where to write.
+    preface: Markdown put at the top of ``report.md``, before the probe's own
+      text; when given, the probe's headings move one level down (its title
+      ``# Controller probe`` becomes a ``##`` section, its sections ``###``).
+  """
   from nas_jax.analysis import figures  # matplotlib only when writing.
   names = figures.draw_all(results, raw, reports.figures_dir(run_dir))
-  reports.write(run_dir, results, _report(results, names))
+  text = _report(results, names)
+  if preface.strip():
+    text = preface.rstrip() + "\n\n" + _demote_headings(text)
+  reports.write(run_dir, results, text)
+
+
+def _demote_headings(text: str) -> str:
+  """Every Markdown heading of ``text`` one level deeper."""
+  return "\n".join("#" + line if line.startswith("#") else line
+                    for line in text.split("\n"))
+
+
+def _distinct_cells(results) -> str:
+  """E.g. ``trained: 98 distinct of 100 sampled cells; untrained: 100
+  distinct of 100``."""
+  k = results["num_cells"]
+  parts = [f"{arm}: {results['arms'][arm]['unique_cells']} distinct of {k}"
+           for arm in ARMS]
+  parts[0] += " sampled cells"
+  return "; ".join(parts)
+
+
+def _ged_timeouts(results) -> str:
+  """E.g. ``topological_ged: trained 0, untrained 2; labelled_ged: ...``."""
+  return "; ".join(
+      f"{name}: " + ", ".join(
+          f"{arm} {results['arms'][arm]['ged_timeouts'][name]}"
+          for arm in ARMS)
+      for name in SUBSET_METRICS)
+
+
+def _pca_text(results) -> str:
+  """The variance on the first two principal components of h, per arm."""
+  parts = []
+  for arm in ARMS:
+    ratio = results["carry_pca"][arm]["explained_variance_ratio"]
+    shares = " and ".join(f"{100 * r:.1f}%" for r in ratio[:2])
+    parts.append(f"{arm} {shares}")
+  return "; ".join(parts)
+
+
+def _tsne_text(results, names) -> str:
+  from nas_jax.analysis import figures  # matplotlib only when writing.
+  if names.get("tsne"):
+    return (f"t-SNE of the same carries (scikit-learn, perplexity "
+            f"{figures.tsne_perplexity(results['num_cells']):.1f}, "
+            f"random_state {figures.TSNE_SEED}):\n\n"
+            f"![tsne](figures/{names['tsne']})")
+  return (f"t-SNE skipped: K = {results['num_cells']} cells, fewer than the "
+          f"{figures.TSNE_MIN_CELLS} it needs.")
 
 
 def _report(results, names) -> str:
@@ -375,15 +498,15 @@ Run: `{results['run_dir']}`, checkpoint {results['checkpoint']}; the
 controller was trained for {results['ctrl_steps']} REINFORCE steps
 ({results['epochs_trained']} epochs). K = {results['num_cells']} cells were
 sampled in derive mode from the zero state, by the trained controller and by
-the untrained one (its initial parameters), with the same keys:
-{tr['unique_cells']} and {un['unique_cells']} distinct cells. The carry
+the untrained one (its initial parameters), with the same keys
+({_distinct_cells(results)}). The carry
 analysed is the LSTM state after the last decision step's input: the state
 the last decision's logits came from, so it has **not** seen the last
 activation token. {results['num_pairs']} pairs; the networkx edit distances
-cover a random subset of {results['ged_pairs']} pairs (timeouts:
-trained {tr['ged_timeouts']}, untrained {un['ged_timeouts']}; the
-topological one is the first value of `optimize_graph_edit_distance`, an upper
-bound blind to activations, as the authors computed it). Mantel p-values use
+cover a random subset of {results['ged_pairs']} pairs, the topological one
+being the first value of `optimize_graph_edit_distance`, an upper bound blind
+to activations, as the authors computed it. Pairs whose edit distance timed
+out are left out of its rows: {_ged_timeouts(results)}. Mantel p-values use
 {results['settings']['num_permutations']} permutations of the cells; 95%
 CIs come from {results['settings']['num_bootstrap']} bootstrap resamples of
 cells.
@@ -405,6 +528,11 @@ carry belongs to: what "no correlation" looks like.
 {_table(results)}
 
 ![density](figures/{names['density']})
+
+Each panel: one graph metric (the edit distances on their subset of pairs);
+light points are pairs of cells (jittered), markers the median carry
+distance per metric value (or quantile bin) with its interquartile range;
+the legend gives each arm's rho and Mantel p.
 
 ![scatter](figures/{names['scatter']})
 
@@ -436,9 +564,20 @@ overflowed to infinity (left out of the ppl rows): trained
 
 ![ppl](figures/{names['ppl']})
 
+## The carries in two dimensions (trained)
+
+Share of the variance of h on the first two principal components:
+{_pca_text(results)}. The third panel colours each cell by the last token h
+has read (the parent of the last node); h has not read the last activation.
+
 ![pca](figures/{names['pca']})
 
+{_tsne_text(results, names)}
+
 ## Per-step decisions from the zero state and from random states
+
+The dotted line is a uniform choice at each step (max probability
+1/choices, entropy log(choices)).
 
 ![steps](figures/{names['steps']})
 
