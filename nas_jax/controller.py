@@ -485,3 +485,35 @@ def _score(params, tokens, *, config, mode, initial_carry):
   return Rollout(tokens=tokens.astype(jnp.int32), log_probs=log_probs.T,
                  entropies=entropies.T, c=jnp.swapaxes(cs, 0, 1),
                  h=jnp.swapaxes(hs, 0, 1))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mode"))
+def step_log_probs(params: Params, h: jax.Array, *, config: ControllerConfig,
+                   mode: str = "derive") -> jax.Array:
+  """Every step's full log-distribution from the carries ``h [num, 2N-1, H]``.
+
+  The heads as :func:`score` applies them (head ``t`` on ``h[:, t]``, its
+  bias, :func:`_transform` for ``mode``, the step's invalid choices masked,
+  ``log_softmax``), so ``take_along_axis(step_log_probs(params,
+  score(...).h), tokens[..., None], -1)`` is ``score(...).log_probs``.
+
+  Masking: an invalid choice's logit is ``-1e9`` (finite, as in
+  :func:`score`), so its log-probability is about ``-1e9``, never ``-inf``
+  or NaN, and ``exp`` of it is exactly ``0.0`` in float32. Sums of ``p *
+  (...)`` (entropies, KL divergences) therefore get nothing from invalid
+  choices; ignore them explicitly with ``step_tables(config)[0]`` when a
+  term is not weighted by their zero probability.
+
+  Returns:
+    ``float32[num, 2N-1, K]``, ``K = config.num_choices`` (the widest step).
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  if h.ndim != 3 or h.shape[1:] != (config.num_steps, config.hidden_size):
+    raise ValueError(
+        f"h must be [num, {config.num_steps}, {config.hidden_size}], got "
+        f"{h.shape}")
+  valid = step_tables(config)[0]
+  logits = jnp.einsum("nth,thk->ntk", h, params["head_w"])
+  logits = _transform(logits + params["head_b"], config, mode)
+  return jax.nn.log_softmax(jnp.where(valid, logits, _MASKED))

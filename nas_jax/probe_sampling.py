@@ -13,7 +13,10 @@ this module:
 * records per-step log-probabilities, entropies and max probabilities, from
   the zero state and from random initial states;
 * scores every cell with the run's shared weights on a fixed validation slice
-  (the derive window) to get its shared-weight perplexity.
+  (the derive window) to get its shared-weight perplexity;
+* changes each earlier decision of each cell in turn and measures, teacher
+  forced, the KL divergence of every later step's distribution
+  (:mod:`nas_jax.policy_probe`): how far back the policy conditions.
 
 :func:`collect` returns these arrays; ``experiments/probe.py`` saves them to
 ``probe.npz`` and hands them to :mod:`nas_jax.analysis.probe_analysis`
@@ -31,6 +34,7 @@ import numpy as np
 from nas_jax import controller
 from nas_jax import data
 from nas_jax import evaluation
+from nas_jax import policy_probe
 from nas_jax import rundir
 from nas_jax import streams
 
@@ -87,8 +91,10 @@ def collect(run: rundir.LoadedRun, num_cells: int, seed: int
   """Probe data of the trained and the untrained controller of ``run``.
 
   Keys are ``trained/<name>`` and ``untrained/<name>`` (see
-  :func:`sample_arm`), plus ``checkpoint`` metadata, ``epochs_trained`` and
-  ``ctrl_steps``.
+  :func:`sample_arm`, and ``conditioning_kl`` ``[K, P, 2N-1]`` of
+  :func:`policy_probe.conditioning_kl` on the arm's cells), plus
+  ``conditioning_positions`` ``[P]`` (the decisions changed),
+  ``checkpoint`` metadata, ``epochs_trained`` and ``ctrl_steps``.
   """
   setup, state = run.setup, run.state
   valid = data.batchify(run.corpus.valid, setup.shared.batch_size)
@@ -99,10 +105,17 @@ def collect(run: rundir.LoadedRun, num_cells: int, seed: int
   while num_cells % chunk:
     chunk -= 1
   result = {"checkpoint": np.asarray(run.description)}
+  # The changed decisions' draws: the same for both arms.
+  change_key = jax.random.fold_in(key, 1)
   for arm, params in (("trained", state.ctrl), ("untrained", run.initial.ctrl)):
     for name, value in sample_arm(params, state.shared, key, num_cells, setup,
                                   window, chunk).items():
       result[f"{arm}/{name}"] = value
+    result[f"{arm}/conditioning_kl"] = np.asarray(policy_probe.conditioning_kl(
+        jax.tree.map(np.asarray, params), result[f"{arm}/tokens"],
+        change_key, config=setup.ctrl, mode="derive"))
+  result["conditioning_positions"] = policy_probe.changed_positions(
+      setup.ctrl.num_nodes)
   result["epochs_trained"] = np.asarray(int(state.epoch))
   result["ctrl_steps"] = np.asarray(int(state.ctrl_step))
   return result

@@ -13,6 +13,7 @@ from experiments import memory_buffer
 from nas_jax import files
 from nas_jax import settings
 from nas_jax.analysis import buffer_comparison
+from nas_jax.analysis import probe_analysis
 
 PTB_VOCAB = 10000
 
@@ -231,3 +232,30 @@ def test_seeds_mode_batches_the_runs(mode, expected, monkeypatch, tmp_path):
 def test_auto_seeds_mode_is_sequential_on_a_cpu():
   assert not common.stacked_seeds(_config())  # The tests run on the CPU.
   assert _config().seeds_mode == "auto"
+
+
+def test_verdict_is_judged_on_the_recency_controlled_score():
+  """With recency-controlled scores in every run, the verdict follows them,
+  not the raw score: a raw rise that vanishes given the last decision is no
+  support; the policy conditioning's change is reported beside it."""
+  seeds = list(range(8))
+  runs = _fake_runs(0.1)
+  rng = np.random.default_rng(5)
+  for arm, by_seed in runs.items():
+    for run in by_seed.values():
+      run["recency_score"] = {n: float(rng.normal(0.02, 0.01))
+                              for n in probe_analysis.WHOLE_METRICS}
+      run["conditioning_log10"] = -6.0 + (1.0 if arm == "clean" else 0.0)
+  comp = buffer_comparison.compare(runs, ("none", "clean"), seeds,
+                                   num_bootstrap=500)["comparisons"]["clean"]
+  assert comp["encoding_score"][buffer_comparison.PRIMARY][
+      "mean_difference"] == pytest.approx(0.1, abs=0.02)
+  assert "beyond the last decision" in comp["verdict"]
+  assert "No significant change" in comp["verdict"]
+  assert comp["conditioning_log10"]["mean_difference"] == pytest.approx(1.0)
+  assert "Policy conditioning" in comp["verdict"]
+  # Without them (runs probed before the control) the raw score decides.
+  plain = buffer_comparison.compare(_fake_runs(0.1), ("none", "clean"),
+                                    seeds, num_bootstrap=500)
+  assert "raised the correlation" in plain["comparisons"]["clean"]["verdict"]
+  assert "no recency control" in plain["comparisons"]["clean"]["verdict"]

@@ -12,6 +12,7 @@ from nas_jax import search_space
 from nas_jax.analysis import edit_distance
 from nas_jax.analysis import pairwise
 from nas_jax.analysis import probe_analysis
+from nas_jax.analysis import recency
 
 from test_correlate_batch import _compare
 
@@ -93,7 +94,7 @@ def test_arm_keys_keep_their_order(analysed):
   assert list(results["arms"]["trained"]) == [
       "unique_cells", "ppl_median", "ppl_non_finite", "ged_timeouts",
       "correlations", "nearest_neighbour", "ridge", "permuted", "per_step",
-      "_matrices", "_hidden_l2", "_properties"]
+      "recency", "_matrices", "_hidden_l2", "_properties"]
 
 
 def test_carry_pca_equals_numpy_svd(analysed):
@@ -247,3 +248,97 @@ def test_tsne_skipped_below_its_minimum(analysed, tmp_path):
            for key, v in raw.items()}
   assert figures.tsne(results, small, str(tmp_path)) is None
   assert not os.listdir(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# Recency: a carry that holds only the last decision vs the whole prefix.
+
+
+def _recency_raw(trained_carry, seed=0):
+  """Synthetic probe data (60 cells of 6 nodes): the untrained carry holds
+  only the last decision it read (an LSTM's recency); the trained one holds
+  ``"last"`` the same, or ``"prefix"`` every read decision (one-hot each)."""
+  args = probe_stats.parse_args(["--num-cells", "60", "--nodes", "6",
+                                 "--num-inf", "0", "--seed", str(seed)])
+  raw = probe_stats.synthetic_raw(args)
+  rng = np.random.default_rng(seed)
+  for arm in probe_analysis.ARMS:
+    read = recency.read_tokens(raw[f"{arm}/tokens"])
+    if arm == "trained" and trained_carry == "prefix":
+      columns = read
+    else:
+      columns = read[:, -1:]
+    one_hot = np.concatenate([np.eye(6)[col] for col in columns.T], axis=1)
+    for carry in ("h", "c"):
+      raw[f"{arm}/{carry}"] = one_hot + 0.01 * rng.normal(size=one_hot.shape)
+  return raw
+
+
+def _recency_results(trained_carry):
+  p = common.probe_config()
+  p.num_cells, p.num_permutations, p.num_bootstrap = 60, 999, 100
+  p.ged_max_pairs = 10
+  with probe_stats.stubbed_ged(True):
+    return probe_analysis.analyse(_recency_raw(trained_carry), p, "synthetic")
+
+
+def test_a_last_token_carry_passes_the_old_rule_but_not_the_recency_control():
+  """The earlier rule counts structure for a carry that holds only the last
+  decision; given that decision (Holm over 3 carries x 5 metrics) nothing
+  is left, so the verdict supports claim 3."""
+  results = _recency_results("last")
+  verdicts = results["verdicts"]
+  assert verdicts["claim3_raw"].startswith("Not supported")
+  assert probe_analysis.recency_hits(results["arms"]["trained"]) == []
+  assert verdicts["claim3"].startswith("Consistent with the claim")
+  # The prefix without the last decision: the correlation is gone too.
+  row = results["arms"]["trained"]["recency"]["h/l2"]["aligned_edit_distance"]
+  assert abs(row["prefix_k1"]["rho"]) < 0.1
+  assert row["given_last_decision"]["p_holm"] > 0.05
+
+
+def test_a_whole_prefix_carry_passes_the_recency_control():
+  """A carry that holds every read decision keeps its correlation given the
+  last one, for the trained controller only: the verdict rejects claim 3."""
+  results = _recency_results("prefix")
+  trained = results["arms"]["trained"]
+  hits = probe_analysis.recency_hits(trained)
+  assert ("h/l2", "aligned_edit_distance") in hits
+  assert probe_analysis.recency_hits(results["arms"]["untrained"]) == []
+  assert results["verdicts"]["claim3"].startswith("Not supported here")
+  row = trained["recency"]["h/l2"]["aligned_edit_distance"]
+  assert row["prefix_k1"]["rho"] > 0.3 and row["prefix_k1"]["p_mantel"] < 0.01
+  # Holm adjusts over the 15 tests of each controller: never below the raw p.
+  tests = [trained["recency"][v][n]["given_last_decision"]
+           for v in probe_analysis.RECENCY_VIEWS
+           for n in probe_analysis.WHOLE_METRICS]
+  assert len(tests) == 15
+  assert all(t["p_holm"] >= t["p_mantel"] for t in tests)
+
+
+def test_claim4_compares_the_policy_conditioning_of_both_controllers():
+  """Claim 4's verdict: trained vs untrained mean KL at distance >= 2."""
+  raw = _recency_raw("last")
+  positions = np.array([0, 2, 3, 4, 5, 6, 7, 8, 9])
+  steps = raw["trained/tokens"].shape[1]
+  dist = np.arange(steps)[None, :] - positions[:, None]
+  rng = np.random.default_rng(1)
+
+  def kl(scale_far):
+    base = np.where(dist == 1, 1e-3, np.where(dist >= 2, scale_far, np.nan))
+    return base[None] * rng.uniform(0.5, 1.5, size=(60, *dist.shape))
+
+  raw["conditioning_positions"] = positions
+  raw["untrained/conditioning_kl"] = kl(1e-7)
+  p = common.probe_config()
+  p.num_cells, p.num_permutations, p.num_bootstrap = 60, 49, 50
+  p.ged_max_pairs = 10
+  for far, start in ((1e-4, "Not supported here"),
+                     (1e-7, "Consistent with the claim")):
+    raw["trained/conditioning_kl"] = kl(far)
+    with probe_stats.stubbed_ged(True):
+      results = probe_analysis.analyse(raw, p, "synthetic")
+    assert results["verdicts"]["claim4"].startswith(start), far
+    trained = results["arms"]["trained"]["conditioning"]
+    assert trained["beyond_last_mean"] == pytest.approx(far, rel=0.2)
+    assert trained["curve"]["distance"][0] == 1

@@ -26,6 +26,7 @@ def probed_run(tmp_path_factory):
 def test_probe_writes_report_figures_results_and_raw_data(probed_run):
   """report.md, figures/*.png, results.json and probe.npz in the run dir."""
   workdir, config, results = probed_run
+  num_steps = search_space.num_tokens(config.model.num_nodes)
   for name in ("report.md", "results.json", "probe.npz", "best_arch.json"):
     assert os.path.isfile(os.path.join(workdir, name)), name
   figures = os.listdir(os.path.join(workdir, "figures"))
@@ -33,7 +34,8 @@ def test_probe_writes_report_figures_results_and_raw_data(probed_run):
   # the t-SNE one from 20 cells on.
   probe_figures = {"hidden_distance_density.png", "hidden_vs_graph_metrics.png",
                    "closest_farthest_pairs.png", "hidden_vs_ppl_difference.png",
-                   "hidden_pca.png", "per_step_decisions.png"}
+                   "hidden_pca.png", "per_step_decisions.png",
+                   "policy_conditioning.png"}
   if config.probe.num_cells >= 20:
     probe_figures.add("hidden_tsne.png")
   assert probe_figures <= set(figures)
@@ -57,6 +59,16 @@ def test_probe_writes_report_figures_results_and_raw_data(probed_run):
     assert -1.0 <= main[name]["spearman"]["rho"] <= 1.0
   assert "claim3" in stored["verdicts"] and "claim4" in stored["verdicts"]
   assert results["timing"]["total_seconds"] > 0
+  # The recency controls and the policy-conditioning test, for both arms.
+  for arm in ("trained", "untrained"):
+    rec = stored["arms"][arm]["recency"]
+    assert set(rec) == {"h/l2", "c/l2", "ch/l2"}
+    assert "p_holm" in rec["h/l2"]["wl_kernel"]["given_last_decision"]
+    curve = stored["arms"][arm]["conditioning"]["curve"]
+    assert curve["distance"][0] == 1 and len(curve["mean"]) == num_steps - 1
+  assert 0.0 <= stored["conditioning_test"]["p"] <= 1.0
+  for text in ("Recency controls", "Policy conditioning"):
+    assert text in report, text
 
 
 def test_probe_npz_holds_the_last_step_carries(probed_run):
@@ -68,6 +80,9 @@ def test_probe_npz_holds_the_last_step_carries(probed_run):
   assert raw["trained/tokens"].shape == (k, num_steps)
   assert raw["trained/h"].shape == (k, config.controller.hidden_size)
   assert raw["trained/ppl"].shape == (k,)
+  positions = raw["conditioning_positions"]
+  assert raw["trained/conditioning_kl"].shape == (k, len(positions),
+                                                   num_steps)
   assert np.all(np.isfinite(raw["trained/ppl"]))
   # Re-score the untrained controller's cells: its carries at the last step.
   setup = settings.make_setup(config, 10_000)

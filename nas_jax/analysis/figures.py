@@ -349,6 +349,29 @@ def per_step(results, fig_dir):
   return _save(fig, fig_dir, "per_step_decisions.png")
 
 
+def conditioning(results, fig_dir) -> str | None:
+  """The policy-conditioning curve: mean KL of later steps' distributions
+  against the distance from the changed decision, both controllers; None
+  without the data."""
+  arms = results["arms"]
+  if "conditioning" not in arms["trained"]:
+    return None
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for arm, color in _COLORS.items():
+    c = arms[arm]["conditioning"]["curve"]
+    d, m, e = (np.asarray(c[k], np.float64) for k in ("distance", "mean", "sem"))
+    ok = np.isfinite(m) & (m > 0)
+    ax.errorbar(d[ok], m[ok], yerr=np.where(np.isfinite(e[ok]), e[ok], 0.0),
+                color=color, marker="o", ms=3, capsize=2, label=arm)
+  ax.set_yscale("log")
+  ax.set_xlabel("distance from the changed decision (steps)")
+  ax.set_ylabel("mean KL(original || changed) (nats)")
+  ax.set_title("How far back the policy conditions (teacher forced)",
+               fontsize=9)
+  ax.legend()
+  return _save(fig, fig_dir, "policy_conditioning.png")
+
+
 def draw_all(results, raw, fig_dir) -> dict[str, str | None]:
   """The probe's figures: key -> file name (``"tsne"``: None when skipped)."""
   return {
@@ -359,6 +382,7 @@ def draw_all(results, raw, fig_dir) -> dict[str, str | None]:
       "pca": pca(results, raw, fig_dir),
       "tsne": tsne(results, raw, fig_dir),
       "steps": per_step(results, fig_dir),
+      "conditioning": conditioning(results, fig_dir),
   }
 
 
