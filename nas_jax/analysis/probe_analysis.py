@@ -511,10 +511,13 @@ def _claim4(results) -> str:
       f"untrained one ({ratio:.3g}x; Mann-Whitney p = {test['p']:.3g}, "
       f"{test['n']} cells each); the decision just read (distance 1): "
       f"{t['last_mean']:.3g} vs {u['last_mean']:.3g}")
+  entropy = float(np.mean(arms["trained"]["per_step"]["zero_state_entropy"]))
   if test["p"] < ALPHA and t["beyond_last_mean"] > u["beyond_last_mean"]:
     return ("Not supported here: teacher forced, " + numbers + ". The "
             "trained policy conditions on earlier decisions more than "
-            "recurrence alone does.")
+            "recurrence alone does; in absolute terms the effect is "
+            f"{t['beyond_last_mean'] / entropy:.2g} of its mean step entropy "
+            f"({entropy:.3g} nats).")
   return ("Consistent with the claim: teacher forced, " + numbers + ". Beyond "
           "the decision just read, the trained policy conditions on earlier "
           "decisions no more than an untrained LSTM does.")
