@@ -67,8 +67,9 @@ def _loop(config):
     # Timed from the end of each phase's first window to its last.
     shared = config.train.steps_per_epoch - config.log_every
     ctrl = config.controller.steps_per_epoch - config.log_every
-    return (shared / _phase_seconds(workdir, 1, "shared_step"),
-            ctrl / _phase_seconds(workdir, 1, "ctrl_step"))
+    # Epochs are numbered from 1 in the logs: 2 is the second.
+    return (shared / _phase_seconds(workdir, 2, "shared_step"),
+            ctrl / _phase_seconds(workdir, 2, "ctrl_step"))
 
 
 def _bare(setup, train_data, valid_data, args):

@@ -95,7 +95,9 @@ class RunWriter:
     return os.path.join(self.workdir, name)
 
   def truncate(self, offsets: dict[str, int]) -> None:
-    """Cuts each log back to ``offsets[name]`` bytes (0 when absent)."""
+    """Cuts each log back to ``offsets[name]`` bytes (0 when absent) and
+    re-reads :attr:`last_values` from ``metrics.jsonl`` (null, a non-finite
+    value, as NaN)."""
     for name in files.LOG_FILES:
       path = self._path(name)
       if os.path.exists(path):
@@ -108,8 +110,9 @@ class RunWriter:
     with open(self._path(files.METRICS_FILE), encoding="utf-8") as f:
       for line in f:
         self.last_values.update(
-            (k, v) for k, v in json.loads(line).items()
-            if isinstance(v, float) and k != "time")
+            (k, math.nan if v is None else v)
+            for k, v in json.loads(line).items()
+            if (v is None or isinstance(v, float)) and k != "time")
 
   def _tensorboard(self):
     if self._tb is None:

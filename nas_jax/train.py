@@ -260,6 +260,11 @@ def train_many(configs, workdirs, *, stacked: bool = True
     with _Signals() as signals:
       for group in groups.values():
         _Loop(group, setup, corpus, train_data, valid_data, signals).run()
+    if signals.received is not None:  # After the loop's last check.
+      raise Interrupted(
+          signals.received, f"interrupted by "
+          f"{_SIGNAL_NAMES[signals.received]} as the search ended (saved); "
+          "rerun the same command to continue")
     return [run.loaded(corpus, setup) for run in runs]
   finally:
     for run in runs:
@@ -527,7 +532,7 @@ class _Loop:
     cells, ppl = np.asarray(cells), np.asarray(ppl)
     finite = np.isfinite(ppl)
     if not finite.any():
-      self._diverged(run, "derive perplexity of every cell", f"epoch {epoch}",
+      self._diverged(run, "derive perplexity of every cell", "the derive",
                      epoch)
     best_i = int(np.argmin(np.where(finite, ppl, np.inf)))
     record = self._evaluate_best(run, state, epoch, cells[best_i],
@@ -572,7 +577,7 @@ class _Loop:
     for key in ("valid_ppl", "test_ppl"):
       if key in record and not math.isfinite(record[key]):
         self._diverged(run, key.replace("_", " ") + " of the derived cell",
-                       f"epoch {epoch}", epoch)
+                       "the derive", epoch)
     return record
 
   def _summary(self, run, epoch, derived):

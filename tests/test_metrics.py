@@ -257,3 +257,16 @@ def test_truncate_restores_the_latest_values(tmp_path, writer):
   resumed.close()
   assert resumed.last_values == {"train/ppl": 400.0, "train/loss": 6.2,
                                  "ctrl/reward": 0.1}
+
+
+def test_truncate_restores_null_values_as_nan(tmp_path, writer):
+  """A non-finite latest value (null in the file) comes back as NaN, as the
+  uninterrupted run holds it, not as an older finite value."""
+  writer.metrics(1, 1, {"ctrl/sampled_ppl": 5.0})
+  writer.metrics(2, 1, {"ctrl/sampled_ppl": float("inf")})
+  offsets = writer.offsets()
+  writer.close()
+  resumed = metrics.RunWriter(str(tmp_path))
+  resumed.truncate(offsets)
+  resumed.close()
+  assert math.isnan(resumed.last_values["ctrl/sampled_ppl"])

@@ -342,3 +342,12 @@ def test_claim4_compares_the_policy_conditioning_of_both_controllers():
     trained = results["arms"]["trained"]["conditioning"]
     assert trained["beyond_last_mean"] == pytest.approx(far, rel=0.2)
     assert trained["curve"]["distance"][0] == 1
+
+
+def test_claim3_says_when_holm_cannot_reach_alpha(analysed):
+  """49 permutations: the smallest Holm-adjusted p of 15 tests is 0.3, so
+  the verdict says the test cannot reject instead of 'consistent'."""
+  _, p, results = analysed
+  assert p.num_permutations == 49
+  assert results["verdicts"]["claim3"].startswith("Not testable")
+  assert "0.3" in results["verdicts"]["claim3"]

@@ -93,7 +93,6 @@ from nas_jax.analysis import graph_metrics
 from nas_jax.analysis import pairwise
 from nas_jax.analysis import recency
 from nas_jax.analysis import reports
-from nas_jax import policy_probe  # pylint: disable=g-bad-import-order
 
 ARMS = ("trained", "untrained")
 # name -> True when larger values mean more similar cells.
@@ -368,6 +367,8 @@ def _conditioning(raw, arm) -> dict[str, Any]:
   """The policy-conditioning curve of one controller
   (:func:`policy_probe.kl_by_distance`) and, per cell, the mean KL over the
   pairs of decisions at least 2 apart (``_beyond_last``: for the test)."""
+  # Imported here: its kl_by_distance is NumPy, the module is the JAX side.
+  from nas_jax import policy_probe  # pylint: disable=g-import-not-at-top
   kl = np.asarray(raw[f"{arm}/conditioning_kl"], np.float64)
   positions = np.asarray(raw["conditioning_positions"])
   curve = policy_probe.kl_by_distance(kl, positions)
@@ -472,6 +473,14 @@ def _claim3(results) -> str:
              f"{MAIN_CARRY}/{MAIN_DISTANCE}"][n], s)]
   raw_text = (f" Without the control, the earlier rule counts {len(raw)} of "
               f"{len(WHOLE_METRICS)} metrics for the trained carry h.")
+  permutations = results["settings"]["num_permutations"]
+  floor = tests / (permutations + 1) if permutations else math.inf
+  if floor >= ALPHA:
+    return (
+        f"Not testable with these settings: with {permutations} "
+        f"permutations the Holm-adjusted p of {tests} tests cannot go below "
+        f"{min(floor, 1.0):.3g}, so no test can reach alpha {ALPHA} (use "
+        "more permutations, e.g. the default 999)." + raw_text)
   if not hits:
     return (
         "Consistent with the claim once recency is controlled: given the "
@@ -501,7 +510,7 @@ def _claim4(results) -> str:
     return ("Not tested on the policy (the probe data has no "
             "policy-conditioning KL); see the ridge probes.")
   t, u = arms["trained"]["conditioning"], arms["untrained"]["conditioning"]
-  test = conditioning_test(results)
+  test = results.get("conditioning_test") or conditioning_test(results)
   ratio = (t["beyond_last_mean"] / u["beyond_last_mean"]
            if u["beyond_last_mean"] > 0 else math.inf)
   numbers = (

@@ -148,7 +148,7 @@ def derived_cells(derives: list[dict], fig_dir: str) -> str | None:
 
 
 def _split(best: dict, split: str) -> str:
-  """``valid ppl 591.4 (whole split)`` or ``(first 2,560 tokens)``."""
+  """``591.4 (73,664 tokens)``: the ppl and the tokens it covers."""
   value = best.get(f"{split}_ppl")
   if value is None:
     return "n/a"
