@@ -239,7 +239,7 @@ def _analyse_arm(raw, arm, p, pairs) -> dict[str, Any]:
   _progress(f"{arm} controller: recency controls (partial Mantel given the "
             f"last decision, prefixes without the last {RECENCY_KS} "
             "decisions), policy conditioning")
-  arm_res["recency"] = _recency(raw, arm, metrics, p)
+  arm_res["recency"] = _recency(raw, arm, metrics, p, main_dist)
   if f"{arm}/conditioning_kl" in raw:
     arm_res["conditioning"] = _conditioning(raw, arm)
   # For figures; keys starting with "_" are dropped from results.json.
@@ -321,7 +321,7 @@ def _ridge(raw, arm, props, p) -> dict[str, Any]:
   return out
 
 
-def _recency(raw, arm, metrics, p) -> dict[str, Any]:
+def _recency(raw, arm, metrics, p, main_dist) -> dict[str, Any]:
   """``view -> metric ->`` the recency-controlled tests of one controller.
 
   ``given_last_decision``: :func:`recency.partial_mantel` of the carry's L2
@@ -338,7 +338,9 @@ def _recency(raw, arm, metrics, p) -> dict[str, Any]:
   prefix = recency.prefix_metrics(tokens, ks, names=WHOLE_METRICS)
   settings = dict(num_permutations=p.num_permutations, seed=p.seed,
                   workers=_WORKERS)
-  dists = {view: _distance(_carry(raw, arm, view.split("/")[0]), "l2")
+  # The main view's distances are the arm's (computed once).
+  dists = {view: (main_dist if view == f"{MAIN_CARRY}/{MAIN_DISTANCE}" else
+                  _distance(_carry(raw, arm, view.split("/")[0]), "l2"))
            for view in RECENCY_VIEWS}
   # All tests of one kind share one pass of permutations.
   given = recency.partial_mantel_many(

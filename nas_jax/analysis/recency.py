@@ -188,49 +188,45 @@ def _partial(r_xy, r_xz, r_yz):
                     np.nan)
 
 
-def _statistic(xv: np.ndarray, yv: np.ndarray,
-               zv: np.ndarray) -> tuple[float, float]:
-  """``(rho, partial_rho)`` of pair vectors ``xv``, ``yv`` given ``zv``
-  (each ``float[M]``): Spearman's rho of ``xv`` and ``yv``, and the Spearman
-  partial correlation (the correlation of the residuals of ``rank(xv)`` and
-  ``rank(yv)`` regressed on ``[1, rank(zv)]``). NaN for a constant ``xv`` or
-  ``yv``."""
-  if resampling.is_constant(xv) or resampling.is_constant(yv):
+def _from_ranks(zx: np.ndarray, zy: np.ndarray,
+                zz: np.ndarray) -> tuple[float, float]:
+  """``(rho, partial_rho)`` from the standardised ranks (:func:`
+  _standardised_ranks`) of the pair vectors x, y and z: Spearman's rho of x
+  and y, and the Spearman partial correlation given z (the correlation of
+  the residuals of ``rank(x)`` and ``rank(y)`` regressed on ``[1,
+  rank(z)]``). NaN for a constant x or y (all-zero ranks)."""
+  if not zx.any() or not zy.any():
     return math.nan, math.nan
-  zx, zy, zz = (_standardised_ranks(v) for v in (xv, yv, zv))
   r_xy = float(np.dot(zx, zy))
   partial = float(_partial(r_xy, float(np.dot(zx, zz)),
                            float(np.dot(zy, zz))))
   return r_xy, partial
 
 
-def _permutation_null(x: np.ndarray, y: np.ndarray, z: np.ndarray,
-                      perms: np.ndarray) -> np.ndarray:
-  """Partial correlations ``float64[n]`` after permuting the cells of ``x``.
+def _permutation_nulls(k: int, zx: np.ndarray, zy: np.ndarray,
+                       zz: np.ndarray, perms: np.ndarray,
+                       workers: int = 1) -> np.ndarray:
+  """Partial correlations ``float64[n, X, Y]`` after permuting the cells of
+  each x.
 
-  Entry ``r`` is :func:`_statistic`'s partial rho of the upper triangles of
-  ``x[perms[r]][:, perms[r]]``, ``y`` and ``z`` (to rounding). Permuting the
-  cells maps the set of pairs onto itself, so the ranks of the permuted
-  upper triangle are the ranks of ``x``'s, permuted: they are computed once,
-  and :class:`mantel_batch.AllPairsNulls` gathers ``y``'s and ``z``'s
-  standardised ranks at the inversely permuted pairs (the same sums) in
-  tiles of pairs by permutations, for ``r_xy`` and ``r_xz``; ``r_yz`` does
-  not change. Memory is a few ``[K, K]`` tables (about 30 MB at
-  ``K = 1000``), whatever the number of permutations.
-
-  Args:
-    x, y, z: ``float[K, K]`` symmetric, finite off the diagonal; ``x`` and
-      ``y`` not constant over the pairs.
-    perms: ``int[n, K]`` cell permutations.
+  ``zx`` ``[X, M]``, ``zy`` ``[Y, M]`` and ``zz`` ``[M]`` are the
+  standardised ranks of the ``M = K (K - 1) / 2`` pairs ``i < j``; entry
+  ``[r, a, b]`` is :func:`_from_ranks`'s partial rho of ``x_a`` with its
+  cells permuted by ``perms[r]``, ``y_b`` and ``z`` (to rounding). Permuting
+  the cells maps the set of pairs onto itself, so the ranks of a permuted
+  upper triangle are the ranks permuted: :class:`mantel_batch.AllPairsNulls`
+  gathers the y's and z's ranks at the inversely permuted pairs (the same
+  sums), with every x as a carry, in tiles of pairs by permutations, for
+  ``r_xy`` and ``r_xz``; ``r_yz`` does not change. Memory is a few ``[K,
+  K]`` tables (about 30 MB at ``K = 1000``), whatever the number of
+  permutations.
   """
-  k = x.shape[0]
-  i, j = pairwise.pairs_index(k)
-  zx, zy, zz = (_standardised_ranks(m[i, j]) for m in (x, y, z))
+  targets = np.concatenate([zy, zz[None]])
   nulls = mantel_batch.AllPairsNulls(
-      k, zx[None], np.zeros((1, i.size)), np.stack([zy, zz]),
-      np.full((2, i.size), np.nan))
-  null = nulls(np.asarray(perms, dtype=np.int64))[:, 0, :, 0]  # [n, 2]
-  return _partial(null[:, 0], null[:, 1], float(np.dot(zy, zz)))
+      k, zx, np.zeros_like(zx), targets, np.full(targets.shape, np.nan))
+  null = nulls(np.asarray(perms, dtype=np.int64),
+               workers=workers)[..., 0]  # [n, X, Y + 1]
+  return _partial(null[:, :, :-1], null[:, :, -1:], (zy @ zz)[None, None])
 
 
 def _check_num_permutations(n) -> int:
@@ -342,28 +338,23 @@ def partial_mantel_many(xs: dict[str, np.ndarray],
   for a, nx_ in enumerate(names_x):
     out[nx_] = {}
     for b, ny in enumerate(names_y):
-      rho, partial = _statistic(xm[nx_][i, j], ym[ny][i, j], zm[i, j])
+      rho, partial = _from_ranks(zx[a], zy[b], zz)
       out[nx_][ny] = {
           "rho": rho, "partial_rho": partial, "p_mantel": math.nan,
           "null_sd": math.nan, "num_pairs": int(i.size), "num_cells": k,
           "num_permutations": num_permutations, "seed": int(seed)}
   if not num_permutations:
     return out
-  targets = np.concatenate([zy, zz[None]])
-  nulls = mantel_batch.AllPairsNulls(
-      k, zx, np.zeros_like(zx), targets, np.full(targets.shape, np.nan))
-  null = nulls(_permutations(num_permutations, k, seed),
-               workers=workers)[..., 0]  # [n, X, Y + 1]
+  null = _permutation_nulls(k, zx, zy, zz,
+                            _permutations(num_permutations, k, seed), workers)
   for a, nx_ in enumerate(names_x):
     for b, ny in enumerate(names_y):
       res = out[nx_][ny]
       if not math.isfinite(res["partial_rho"]):
         continue
-      partial_null = _partial(null[:, a, b], null[:, a, -1],
-                              float(np.dot(zy[b], zz)))
       res["p_mantel"] = pairwise.two_sided_permutation_p(
-          partial_null, res["partial_rho"])
-      finite = partial_null[np.isfinite(partial_null)]
+          null[:, a, b], res["partial_rho"])
+      finite = null[:, a, b][np.isfinite(null[:, a, b])]
       res["null_sd"] = (float(np.std(finite)) if finite.size >= 2
                         else math.nan)
   return out

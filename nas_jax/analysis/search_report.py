@@ -81,6 +81,25 @@ def _derives(logs: dict) -> list[dict]:
   return out
 
 
+def _grid(n: int, cols: int, width: float, height: float):
+  """A figure of ``n`` panels, ``cols`` per row: ``(fig, the n axes)``;
+  the grid's unused axes are hidden."""
+  cols = min(cols, n)
+  rows = math.ceil(n / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows),
+                           squeeze=False)
+  for ax in axes.ravel()[n:]:
+    ax.axis("off")
+  return fig, axes.ravel()[:n]
+
+
+def _save(fig, fig_dir: str, name: str, dpi: int = 110) -> str:
+  fig.tight_layout()
+  fig.savefig(os.path.join(fig_dir, name), dpi=dpi)
+  plt.close(fig)
+  return name
+
+
 def curves(logs: dict, fig_dir: str) -> str | None:
   """``search_curves.png``; ``None`` when the run has logged nothing."""
   rows = logs["metrics"]
@@ -103,11 +122,8 @@ def curves(logs: dict, fig_dir: str) -> str | None:
                    [d["valid_ppl"] for d in derives], True))
   if not panels:
     return None
-  cols = min(3, len(panels))
-  rows_n = math.ceil(len(panels) / cols)
-  fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n),
-                           squeeze=False)
-  for ax, (xlabel, ylabel, x, y, log) in zip(axes.ravel(), panels):
+  fig, axes = _grid(len(panels), 3, 4.2, 3.2)
+  for ax, (xlabel, ylabel, x, y, log) in zip(axes, panels):
     ax.plot(x, y, "o-" if len(x) < 20 else "-", ms=3, lw=1.2)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     if not log:
@@ -117,34 +133,19 @@ def curves(logs: dict, fig_dir: str) -> str | None:
     if log:
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
-  for ax in axes.ravel()[len(panels):]:
-    ax.axis("off")
-  fig.tight_layout()
-  name = "search_curves.png"
-  fig.savefig(os.path.join(fig_dir, name), dpi=110)
-  plt.close(fig)
-  return name
+  return _save(fig, fig_dir, "search_curves.png")
 
 
 def derived_cells(derives: list[dict], fig_dir: str) -> str | None:
   """``derived_cells.png``: the kept cell of every derive, side by side."""
   if not derives:
     return None
-  cols = min(3, len(derives))
-  rows = math.ceil(len(derives) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 4.6 * rows),
-                           squeeze=False)
-  for ax, d in zip(axes.ravel(), derives):
+  fig, axes = _grid(len(derives), 3, 5.0, 4.6)
+  for ax, d in zip(axes, derives):
     valid = reports.number(d["valid_ppl"], ".1f")
     cells.draw_cell(d["tokens"], ax=ax,
                     title=f"epoch {d['epoch']}: valid ppl {valid}")
-  for ax in axes.ravel()[len(derives):]:
-    ax.axis("off")
-  fig.tight_layout()
-  name = "derived_cells.png"
-  fig.savefig(os.path.join(fig_dir, name), dpi=110)
-  plt.close(fig)
-  return name
+  return _save(fig, fig_dir, "derived_cells.png")
 
 
 def _split(best: dict, split: str) -> str:
@@ -251,19 +252,12 @@ def runs_overview(workdir: str, runs: list[tuple[str, str]]) -> str:
               ["run", "returned cell", "valid ppl", "test ppl", "run report"],
               rows), ""]
   if drawn:
-    cols = min(4, len(drawn))
-    rows_n = math.ceil(len(drawn) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 4.0 * rows_n),
-                             squeeze=False)
-    for ax, (label, best) in zip(axes.ravel(), drawn):
+    fig, axes = _grid(len(drawn), 4, 4.2, 4.0)
+    for ax, (label, best) in zip(axes, drawn):
       cells.draw_cell(best["tokens"], ax=ax, legend=False,
                       title=f"{label}: valid ppl "
                             f"{reports.number(best.get('valid_ppl'), '.1f')}")
-    for ax in axes.ravel()[len(drawn):]:
-      ax.axis("off")
-    fig.tight_layout()
-    name = "returned_cells.png"
-    fig.savefig(os.path.join(reports.figures_dir(workdir), name), dpi=100)
-    plt.close(fig)
+    name = _save(fig, reports.figures_dir(workdir), "returned_cells.png",
+                 dpi=100)
     text += [f"![returned cells]({files.FIGURES_DIR}/{name})", ""]
   return "\n".join(text)
