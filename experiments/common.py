@@ -35,6 +35,8 @@ def search_config() -> ml_collections.ConfigDict:
       "recurrent_dropconnect": 0.5,
       "hidden_clip": 25.0,
       "init_range": 0.1,
+      # "bfloat16": supernet matmuls in bf16 (accelerators); state, loss f32.
+      "compute_dtype": "float32",
   })
   config.train = ml_collections.ConfigDict({
       "epochs": 10,  # paper: 150.

@@ -128,7 +128,9 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
       embed_dropout=m.embed_dropout, input_dropout=m.input_dropout,
       output_dropout=m.output_dropout,
       recurrent_dropconnect=m.recurrent_dropconnect,
-      hidden_clip=m.hidden_clip, init_range=m.init_range)
+      hidden_clip=m.hidden_clip, init_range=m.init_range,
+      # .get: config.json files written before the key still load.
+      compute_dtype=m.get("compute_dtype", "float32"))
   ctrl = _checked("controller", controller.ControllerConfig,
       num_nodes=m.num_nodes, hidden_size=c.hidden_size,
       temperature=c.temperature, tanh_constant=c.tanh_constant,

@@ -25,6 +25,16 @@ The per-example clip of the next state's L2 norm (``hidden_clip``) applies
 in training *and* evaluation, as in the authors' code: without it in
 evaluation, a chain of identity nodes at hidden 1000 overflows to NaN
 within one BPTT window.
+
+Mixed precision (``compute_dtype="bfloat16"``, for accelerators): the four
+large matmuls (node 0's input projection ``x W_x``, the recurrent
+``h_prev W_h``, every node's ``h_j W_jl`` and the tied decoder
+``outputs E^T``) take bfloat16 operands and accumulate and return float32,
+and so do the two backward matmuls of each (a custom VJP). The parameters
+(master weights), the optimiser state, the hidden state and carry, the
+gates' elementwise maths, the norm clip, the log-softmax and the loss stay
+float32. ``"float32"`` (the default) runs exactly the float32
+program. The controller (``nas_jax.controller``) is small and always float32.
 """
 
 from __future__ import annotations
@@ -40,6 +50,9 @@ import optax
 from nas_jax import search_space
 
 Params = dict[str, jax.Array]
+
+# Matmul operand dtypes of :class:`SupernetConfig`; accumulation is float32.
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +71,7 @@ class SupernetConfig:
   recurrent_dropconnect: float = 0.5
   hidden_clip: float = 25.0
   init_range: float = 0.1
+  compute_dtype: str = "float32"  # Or "bfloat16": see the module docstring.
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_nodes"):
@@ -69,6 +83,10 @@ class SupernetConfig:
         raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
     if self.hidden_clip <= 0:
       raise ValueError(f"hidden_clip must be > 0, got {self.hidden_clip}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(
+          f"compute_dtype must be one of {COMPUTE_DTYPES}, got "
+          f"{self.compute_dtype!r}")
 
   @property
   def num_pairs(self) -> int:
@@ -166,6 +184,50 @@ def _check_concrete(arch, inputs, config):
           f"[0, {config.vocab_size}) of the vocabulary")
 
 
+def _mm(a, b, config):
+  """``a [..., K] @ b [K, N]`` in the config's ``compute_dtype``.
+
+  ``"float32"``: plain ``a @ b``. ``"bfloat16"``: :func:`_mm_bf16`, float32
+  in and out.
+  """
+  if config.compute_dtype == "float32":
+    return a @ b
+  return _mm_bf16(a.astype(jnp.float32), b.astype(jnp.float32))
+
+
+@jax.custom_vjp
+def _mm_bf16(a, b):
+  """``a [..., K] @ b [K, N]`` of float32 arrays on bfloat16 operands with
+  float32 accumulation and result, forward and backward.
+
+  The custom VJP keeps the two backward matmuls in bfloat16 too (JAX's own
+  transpose of a mixed-precision ``dot_general`` runs them in float32) and
+  saves the bfloat16 operands as residuals. The cotangents it returns are
+  float32, so a weight's gradient sums over time steps in float32.
+  """
+  return _mm_bf16_fwd(a, b)[0]
+
+
+def _mm_bf16_fwd(a, b):
+  a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+  return jnp.matmul(a16, b16, preferred_element_type=jnp.float32), (a16, b16)
+
+
+def _mm_bf16_bwd(residuals, g):
+  a16, b16 = residuals
+  g16 = g.astype(jnp.bfloat16)
+  k, n = b16.shape
+  da = jnp.matmul(g16, b16.T, preferred_element_type=jnp.float32)
+  # As a 2-D a^T g: XLA:CPU has no bf16 x bf16 -> f32 kernel for the
+  # dot_general contracting a's and g's leading axes directly.
+  db = jnp.matmul(a16.reshape(-1, k).T, g16.reshape(-1, n),
+                  preferred_element_type=jnp.float32)
+  return da, db
+
+
+_mm_bf16.defvjp(_mm_bf16_fwd, _mm_bf16_bwd)
+
+
 def _highway(gate_and_candidate, act, h_in):
   c, candidate = jnp.split(gate_and_candidate, 2, axis=-1)
   c = jax.nn.sigmoid(c)
@@ -192,7 +254,7 @@ def apply(params: Params, arch: jax.Array, inputs: jax.Array, carry: jax.Array,
     inputs: ``int32[T, B]`` token ids, checked against the vocabulary when
       concrete.
     carry: ``float32[B, H]`` hidden state from the previous segment.
-    config: the static sizes and regularisation.
+    config: the static sizes, regularisation and matmul ``compute_dtype``.
     key: PRNG key for the dropouts (see :func:`dropout_masks`); required
       when ``train``.
     train: apply the dropouts (the hidden-norm clip applies always).
@@ -229,21 +291,21 @@ def apply(params: Params, arch: jax.Array, inputs: jax.Array, carry: jax.Array,
     x = x * masks["input"]
     w_h = w_h * masks["w_h"]
   # Node 0's input projection for all time steps as one large matmul.
-  xw = x @ params["w_x"]  # [T, B, 2H]
+  xw = _mm(x, params["w_x"], config)  # [T, B, 2H], float32
 
   def step(h_prev, xw_t):
-    nodes = [_highway(xw_t + h_prev @ w_h, acts[0], h_prev)]
+    nodes = [_highway(xw_t + _mm(h_prev, w_h, config), acts[0], h_prev)]
     out = loose[0] * nodes[0]
     for l in range(1, n):
       h_j = jax.lax.select_n(prevs[l - 1], *nodes)
-      nodes.append(_highway(h_j @ w_nodes[l - 1], acts[l], h_j))
+      nodes.append(_highway(_mm(h_j, w_nodes[l - 1], config), acts[l], h_j))
       out = out + loose[l] * nodes[l]
     return _clip_norm(nodes[-1], config.hidden_clip), out
 
   carry, outputs = jax.lax.scan(step, carry, xw)  # outputs: [T, B, H]
   if train:
     outputs = outputs * masks["output"]
-  logits = outputs @ embedding.T + params["decoder_bias"]
+  logits = _mm(outputs, embedding.T, config) + params["decoder_bias"]
   return logits, carry
 
 
