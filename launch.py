@@ -10,6 +10,10 @@
   --print_config               print the resolved config and exit.
   --compilation_cache=DIR      keep compiled programs in DIR (default
                                ~/.cache/nas_jax/jax; '' for JAX's own setting).
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+                               one process of a multi-host job (all three;
+                               under SLURM with several tasks, none). The mesh
+                               spans every process's devices; process 0 writes.
 
 Experiments:
 {experiments}
@@ -36,6 +40,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import experiments
+from nas_jax import devices
 from nas_jax import runtime
 from nas_jax import train
 
@@ -47,6 +52,13 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (default: runs/NAME[_PRESET]).")
 _PRINT_CONFIG = flags.DEFINE_bool(
     "print_config", False, "Print the resolved config and exit.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "",
+    "Multi-host: HOST:PORT of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", 0, "Multi-host: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", -1, "Multi-host: this process's index, 0 to N-1.")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", runtime.default_cache_dir(),
     "Directory of JAX's persistent compilation cache ('' leaves JAX's own "
@@ -114,6 +126,20 @@ def main():
     print(config)
     return 0
   workdir = _WORKDIR.value or os.path.join("runs", spec.replace(":", "_"))
+  try:
+    multi_host = devices.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value)
+  except devices.MeshError as e:
+    _fail(str(e))
+  if multi_host:
+    name = spec.partition(":")[0]
+    if name not in experiments.MULTI_HOST:
+      _fail(f"experiment {name} does not run on several processes (it runs "
+            "several searches with analyses between them); run its seeds as "
+            "separate jobs, or use one of: "
+            + ", ".join(experiments.MULTI_HOST))
+    if not devices.is_writer():  # Process 0 speaks for the job.
+      sys.stdout = open(os.devnull, "w", encoding="utf-8")
   runtime.enable_compilation_cache(_COMPILATION_CACHE.value)
   # Outside the search loop (which saves first, see train.Interrupted) a
   # SIGTERM stops like Ctrl-C: one line, no traceback.
@@ -126,6 +152,8 @@ def main():
     _fail(str(e), status=3)
   except train.Interrupted as e:
     _stop(str(e), e.exit_status)
+  except devices.WorkerDone as e:
+    print(e, file=sys.stderr, flush=True)
   except KeyboardInterrupt:
     _stop(_OUTSIDE_LOOP.format(signal="SIGINT"), 130)
   return 0

@@ -27,6 +27,12 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 }
 
 
+# Experiments that run on several processes (multi-host): one search, then
+# an analysis that process 0 runs alone. The others run several searches
+# with analyses between them; run their seeds as separate jobs instead.
+MULTI_HOST = ("enas_probe", "random_ws", "smoke", "train_fixed")
+
+
 def names() -> list[str]:
   return sorted(_REGISTRY)
 

@@ -102,6 +102,13 @@ def search_config() -> ml_collections.ConfigDict:
       # BPTT windows; best_arch.json's valid_tokens/test_tokens then show it.
       "max_windows": 0,
   })
+  config.mesh = ml_collections.ConfigDict({
+      # Devices per mesh axis (nas_jax.devices); 0: automatic (all devices
+      # on "seeds" when several seeds run stacked, else on "data"). Not part
+      # of a run's identity: a run resumes on any device count.
+      "seeds": 0,
+      "data": 0,
+  })
   config.probe = probe_config()
   config.log_every = 10  # steps per metrics line.
   config.checkpoint_every = 50  # steps; a multiple of log_every.

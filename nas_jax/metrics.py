@@ -34,6 +34,7 @@ import sys
 import time
 from typing import Any
 
+import jax
 import numpy as np
 import tqdm
 
@@ -77,9 +78,10 @@ class Window:
 
 
 def progress(total: int, initial: int, desc: str) -> tqdm.tqdm:
-  """A progress bar with rate and ETA on stderr."""
+  """A progress bar with rate and ETA on stderr (process 0's only)."""
   return tqdm.tqdm(total=total, initial=initial, desc=desc, file=sys.stderr,
-                   dynamic_ncols=True, mininterval=1.0, leave=False)
+                   dynamic_ncols=True, mininterval=1.0, leave=False,
+                   disable=jax.process_index() != 0)
 
 
 class RunWriter:
@@ -176,3 +178,31 @@ class RunWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+class ReadOnlyWriter(RunWriter):
+  """The writer of a process other than 0 in a multi-host run: it keeps
+  :attr:`last_values` as process 0's writer does (the loop's summaries and
+  decisions read them) and writes nothing."""
+
+  def truncate(self, offsets: dict[str, int]) -> None:
+    del offsets
+    self.last_values = {}
+
+  def _line(self, name: str, record: dict) -> None:
+    del name, record
+
+  def metrics(self, step: int, epoch: int, values: dict[str, float],
+              counter: str = "shared_step") -> None:
+    del step, epoch, counter
+    self.last_values.update({k: float(v) for k, v in values.items()})
+
+  def best_arch(self, record: dict) -> None:
+    del record
+
+  def flush(self) -> None:
+    pass
+
+  def offsets(self) -> dict[str, int]:
+    return {}  # Process 0's meta is the one orbax keeps.
+

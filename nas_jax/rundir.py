@@ -30,6 +30,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from nas_jax import data
+from nas_jax import devices
 from nas_jax import files
 from nas_jax import settings
 from nas_jax import steps
@@ -53,9 +54,14 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
+# Where a run computes, not what: a run may resume with other values.
+PLACEMENT_SECTIONS = ("mesh",)
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
-  """``"key: old -> new"`` for every key whose value differs (or is missing)."""
-  a, b = flatten(old), flatten(new)
+  """``"key: old -> new"`` for every key whose value differs (or is missing),
+  apart from the :data:`PLACEMENT_SECTIONS`."""
+  a, b = _identity(old), _identity(new)
   missing = object()
   lines = []
   for key in sorted(set(a) | set(b)):
@@ -66,13 +72,25 @@ def config_differences(old: dict, new: dict) -> list[str]:
   return lines
 
 
+# Keys added after runs existed, with the value that such runs used: a run
+# directory without the key resumes.
+ADDED_KEYS = {"model.compute_dtype": "float32"}
+
+
+def _identity(config: dict) -> dict:
+  flat = {**ADDED_KEYS, **flatten(config)}
+  return {k: v for k, v in flat.items()
+          if k.split(".", 1)[0] not in PLACEMENT_SECTIONS}
+
+
 def bind_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Writes ``config.json`` or checks it; True when the directory is new."""
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, files.CONFIG_FILE)
   text = config_to_json(config)
   if not os.path.exists(path):
-    files.atomic_write_text(path, text)
+    if devices.is_writer():  # Multi-host: process 0 writes, all check.
+      os.makedirs(workdir, exist_ok=True)
+      files.atomic_write_text(path, text)
     return True
   old = files.read_json(path)
   diffs = config_differences(old, json.loads(text))

@@ -108,7 +108,16 @@ def make_ctrl_optimizer(setup: Setup) -> optax.GradientTransformation:
 
 
 def init_state(setup: Setup, seed: int) -> TrainState:
-  """The state of a new run with ``seed`` (the same every time)."""
+  """The state of a new run with ``seed`` (the same every time).
+
+  One compiled program per setup (the seed is data), not dozens of eager
+  ones: a process that starts a run compiles it once.
+  """
+  return _init_state(jnp.asarray(seed, jnp.int32), setup=setup)
+
+
+@functools.partial(jax.jit, static_argnames="setup")
+def _init_state(seed: jax.Array, *, setup: Setup) -> TrainState:
   key = jax.random.key(seed)
   k_shared, k_ctrl = jax.random.split(jax.random.fold_in(key, streams.INIT))
   shared = supernet.init(k_shared, setup.model)

@@ -36,11 +36,11 @@ import ml_collections
 import numpy as np
 
 from nas_jax import data
+from nas_jax import devices
 from nas_jax import evaluation
 from nas_jax import metrics as metrics_lib
 from nas_jax import rundir
 from nas_jax import search_space
-from nas_jax import seeds
 from nas_jax import settings
 from nas_jax import steps
 
@@ -101,9 +101,16 @@ class _Signals:
     self._previous = {}
 
 
+def _say(*args, **kwargs) -> None:
+  """``print`` on process 0 only (multi-host: one voice for the job)."""
+  if devices.is_writer():
+    print(*args, **kwargs)
+
+
 # What bad input raises before a run starts: the launcher reports these as
 # one line, never a traceback.
-INPUT_ERRORS = (data.DataError, settings.ConfigError, rundir.WorkdirMismatch)
+INPUT_ERRORS = (data.DataError, settings.ConfigError, rundir.WorkdirMismatch,
+                devices.MeshError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,34 +248,58 @@ def train_many(configs, workdirs, *, stacked: bool = True
   configs, workdirs = list(configs), list(workdirs)
   _check_many(configs, workdirs)
   corpus, setup, train_data, valid_data = _load_data(configs[0])
+  # Every run is restored onto the one-run mesh (data parallel); a stacked
+  # group is re-laid out on its own mesh by _Loop.
+  single = devices.Placement(_mesh_shape(configs[0], setup, num_seeds=1))
   runs = []
   try:
     for config, workdir in zip(configs, workdirs):
-      runs.append(_Run(config, workdir, setup))
+      runs.append(_Run(config, workdir, setup, single))
     groups = {}
     for run in runs:
       if run.finished:
-        print(f"run {run.workdir} already complete: {best_summary(run.best)}",
-              flush=True)
+        _say(f"run {run.workdir} already complete: {best_summary(run.best)}",
+             flush=True)
       else:
         groups.setdefault(run.progress() if stacked else id(run),
                           []).append(run)
     if stacked and len(groups) > 1:
-      print(f"{sum(map(len, groups.values()))} runs resumed at "
-            f"{len(groups)} different points: they advance in "
-            f"{len(groups)} groups", flush=True)
+      _say(f"{sum(map(len, groups.values()))} runs resumed at "
+           f"{len(groups)} different points: they advance in "
+           f"{len(groups)} groups", flush=True)
     with _Signals() as signals:
       for group in groups.values():
-        _Loop(group, setup, corpus, train_data, valid_data, signals).run()
+        _Loop(group, setup, corpus, train_data, valid_data, signals,
+              single).run()
     if signals.received is not None:  # After the loop's last check.
       raise Interrupted(
           signals.received, f"interrupted by "
           f"{_SIGNAL_NAMES[signals.received]} as the search ended (saved); "
           "rerun the same command to continue")
+    if jax.process_count() > 1:
+      # Multi-host: process 0 analyses the runs alone, on local copies.
+      for run in runs:
+        run.state = jax.device_put(devices.to_host(run.state),
+                                   jax.local_devices()[0])
+      if not devices.is_writer():
+        raise devices.WorkerDone(
+            f"process {jax.process_index()}: {len(runs)} search"
+            f"{'es' if len(runs) > 1 else ''} done; process 0 writes the "
+            "results")
     return [run.loaded(corpus, setup) for run in runs]
   finally:
     for run in runs:
       run.close()
+
+
+def _mesh_shape(config, setup, num_seeds) -> devices.MeshShape:
+  """``config.mesh`` resolved for ``num_seeds`` stacked seeds on this
+  job's devices (a config without the section: automatic)."""
+  mesh = config.get("mesh") or ml_collections.ConfigDict(
+      {"seeds": 0, "data": 0})
+  return devices.mesh_shape(mesh, num_seeds=num_seeds,
+                            batch_size=setup.shared.batch_size,
+                            num_devices=len(jax.devices()))
 
 
 def _check_many(configs, workdirs) -> None:
@@ -295,27 +326,31 @@ def _check_many(configs, workdirs) -> None:
 class _Run:
   """One run's files (checkpoints, logs) and record, restored or new."""
 
-  def __init__(self, config, workdir, setup):
+  def __init__(self, config, workdir, setup, placement: devices.Placement):
     self.config, self.workdir = config, workdir
     self.ckpt = rundir.RunDirectory(
         workdir, config, max_to_keep=setup.cadence.keep_checkpoints)
-    self.writer = metrics_lib.RunWriter(workdir)
-    fresh = steps.init_state(setup, config.seed)
+    # Multi-host: process 0 writes the logs; the others keep the values.
+    self.writer = (metrics_lib.RunWriter if devices.is_writer()
+                   else metrics_lib.ReadOnlyWriter)(workdir)
+    # Laid out on the mesh first: orbax restores each array straight into
+    # its shards, whatever device count wrote the checkpoint.
+    fresh = placement.put_state(steps.init_state(setup, config.seed))
     restored = self.ckpt.restore(fresh)
     if restored is None:
       self.state = fresh
       self.writer.truncate({})
       self.finished, self.best = False, None
-      print(f"run directory: {workdir} (new run)", flush=True)
+      _say(f"run directory: {workdir} (new run)", flush=True)
     else:
       self.state, meta = restored
       self.writer.truncate(meta["offsets"])
       self.finished, self.best = meta.get("finished", False), meta.get("best")
       if not self.finished:
-        print(f"run directory: {workdir} (resumed in epoch "
-              f"{int(self.state.epoch) + 1}/{setup.cadence.epochs} at shared "
-              f"step {int(self.state.shared_step)}, controller step "
-              f"{int(self.state.ctrl_step)})", flush=True)
+        _say(f"run directory: {workdir} (resumed in epoch "
+             f"{int(self.state.epoch) + 1}/{setup.cadence.epochs} at shared "
+             f"step {int(self.state.shared_step)}, controller step "
+             f"{int(self.state.ctrl_step)})", flush=True)
 
   def progress(self) -> tuple[int, int, int]:
     return (int(self.state.epoch), int(self.state.shared_step),
@@ -363,7 +398,7 @@ def _duration(seconds: float) -> str:
 
 def _first(x) -> int:
   """A counter of the (possibly stacked) state: equal across its seeds."""
-  return int(np.asarray(x).reshape(-1)[0])
+  return int(np.asarray(devices.to_host(x)).reshape(-1)[0])
 
 
 class _Loop:
@@ -371,23 +406,30 @@ class _Loop:
   run with its own state, or several stacked on a leading seed axis."""
 
   def __init__(self, runs, setup, corpus, train_data, valid_data,
-               signals: _Signals | None = None):
+               signals: _Signals | None, single: devices.Placement):
     self.runs, self.setup, self.corpus = runs, setup, corpus
-    self.valid_data = valid_data
     self.signals = signals
     self._saved_at = None  # Progress of the last save.
     self.stacked = len(runs) > 1
-    self.phases = (_shared_phase(setup, train_data),
-                   _ctrl_phase(setup, valid_data))
     if self.stacked:
-      self.state = seeds.stack([run.state for run in runs])
+      shape = _mesh_shape(runs[0].config, setup, num_seeds=len(runs))
+      self.placement = devices.Placement(shape, num_seeds=len(runs),
+                                         stacked=True)
+      self.state = self.placement.stack([run.state for run in runs])
       for run in runs:
         run.state = None  # The stacked state holds it until the end.
     else:
+      self.placement = single
       self.state = runs[0].state
+    _say(devices.describe(self.placement.shape, len(runs)), flush=True)
+    train_data = self.placement.put_data(train_data)
+    self.valid_data = valid_data = self.placement.put_data(valid_data)
+    self.phases = (_shared_phase(setup, train_data),
+                   _ctrl_phase(setup, valid_data))
 
   def _seed_state(self, i):
-    return seeds.unstack(self.state, i) if self.stacked else self.state
+    return (self.placement.unstack(self.state, i) if self.stacked
+            else self.state)
 
   def _progress(self) -> tuple[int, int, int]:
     return (_first(self.state.epoch), _first(self.state.shared_step),
@@ -449,8 +491,7 @@ class _Loop:
       return
     if phase.counter == "ctrl_step" and steps.store_due(
         self.setup, epoch=epoch, ctrl_step=epoch * total + done):
-      store = seeds.store_cells if self.stacked else steps.store_cells
-      self.state = store(self.state, setup=self.setup)
+      self.state = self.placement.store(self.setup, self.state)(self.state)
     where = f" ({len(self.runs)} seeds)" if self.stacked else ""
     bar = metrics_lib.progress(
         total, done,
@@ -459,10 +500,10 @@ class _Loop:
       # Up to the next multiple of log_every, or the phase end.
       length = min(cadence.log_every - done % cadence.log_every, total - done)
       start = time.perf_counter()
-      window = seeds.run_windows if self.stacked else steps.run_window
-      self.state, stacked = window(self.state, phase.data, step=phase.step,
-                                   length=length, setup=self.setup)
-      stacked = jax.device_get(stacked)
+      window = self.placement.window(phase.step, length, self.setup,
+                                     self.state)
+      self.state, stacked = window(self.state, phase.data)
+      stacked = devices.to_host(stacked)
       rate = length / (time.perf_counter() - start)
       per_run = ([{k: v[i] for k, v in stacked.items()}
                   for i in range(len(self.runs))] if self.stacked
@@ -524,12 +565,12 @@ class _Loop:
     seed = f"seed {run.config.seed}: " if self.stacked else ""
     windows = self.setup.eval.max_windows
     splits = "validation and test splits" if final else "validation split"
-    print(f"{seed}epoch {epoch + 1} derive: scoring {d.num_cells} cells on a "
-          "validation batch, then the best on the "
-          + (f"first {windows} windows of the {splits}" if windows
-             else f"whole {splits}"), flush=True)
-    cells, ppl = steps.derive_cells(state, self.valid_data, setup=self.setup)
-    cells, ppl = np.asarray(cells), np.asarray(ppl)
+    _say(f"{seed}epoch {epoch + 1} derive: scoring {d.num_cells} cells on a "
+         "validation batch, then the best on the "
+         + (f"first {windows} windows of the {splits}" if windows
+            else f"whole {splits}"), flush=True)
+    cells, ppl = devices.to_host(
+        steps.derive_cells(state, self.valid_data, setup=self.setup))
     finite = np.isfinite(ppl)
     if not finite.any():
       self._diverged(run, "derive perplexity of every cell", "the derive",
@@ -564,8 +605,11 @@ class _Loop:
               batch_size=self.setup.eval.batch_size,
               max_windows=self.setup.eval.max_windows)
     cell = jnp.asarray(tokens)
+    params = state.shared
+    if jax.process_count() > 1:  # Every process evaluates a local copy.
+      params = jax.device_put(devices.to_host(params), jax.local_devices()[0])
     valid_ppl, valid_tokens = evaluation.evaluate_cell(
-        state.shared, cell, self.corpus.valid, **ev)
+        params, cell, self.corpus.valid, **ev)
     record = {
         "epoch": epoch + 1, "tokens": tokens.tolist(),
         "arch": str(search_space.Architecture.from_tokens(tokens)),
@@ -573,7 +617,7 @@ class _Loop:
         "valid_tokens": valid_tokens}
     if final:
       record["test_ppl"], record["test_tokens"] = evaluation.evaluate_cell(
-          state.shared, cell, self.corpus.test, **ev)
+          params, cell, self.corpus.test, **ev)
     for key in ("valid_ppl", "test_ppl"):
       if key in record and not math.isfinite(record[key]):
         self._diverged(run, key.replace("_", " ") + " of the derived cell",
@@ -605,4 +649,4 @@ class _Loop:
       timing += (f", ETA {_duration(elapsed / (epoch + 1 - first_epoch) * left)}"
                  f" for {left} more epoch{'s' if left > 1 else ''}")
     parts.append(timing)
-    print(" | ".join(parts), flush=True)
+    _say(" | ".join(parts), flush=True)

@@ -29,6 +29,30 @@ def toy_data():
   return jnp.asarray(rng.integers(0, TOY_VOCAB, (30, 8), dtype=np.int32))
 
 
+def interrupt_window(monkeypatch, stop_at, only_step=None):
+  """Makes the search loop's ``stop_at``-th window of steps (counting only
+  windows of ``only_step``, e.g. ``steps.controller_step``, if given) raise
+  ``KeyboardInterrupt`` before it runs, as a hard stop would; returns the
+  list of counted calls. ``monkeypatch.undo()`` restores the loop."""
+  from nas_jax import devices  # pylint: disable=import-outside-toplevel
+  real, calls = devices.Placement.window, []
+
+  def window(self, step, length, setup, state):
+    program = real(self, step, length, setup, state)
+    if only_step is not None and step is not only_step:
+      return program
+
+    def run(*args):
+      calls.append(1)
+      if len(calls) == stop_at:
+        raise KeyboardInterrupt
+      return program(*args)
+    return run
+
+  monkeypatch.setattr(devices.Placement, "window", window)
+  return calls
+
+
 def random_tokens(rng, num_nodes, num):
   """int[num, 2N-1] valid cells drawn with numpy (independent of the module)."""
   out = np.empty((num, 2 * num_nodes - 1), dtype=np.int64)

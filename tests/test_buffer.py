@@ -21,6 +21,7 @@ from nas_jax import steps
 from nas_jax import train
 
 from conftest import TOY_VOCAB
+from conftest import interrupt_window
 
 VOCAB = TOY_VOCAB
 CTRL = controller.ControllerConfig(num_nodes=4, hidden_size=16)
@@ -325,7 +326,6 @@ def test_interrupted_run_resumes_with_the_same_buffer(tmp_path, monkeypatch):
   assert [r["buffer/size"] for r in records if "buffer/size" in r] == [
       16, 16, 32, 32]
 
-  real_window = steps.run_window
   workdir = str(tmp_path / "interrupted")
   # 4 controller steps per epoch in windows of 2 (log_every), a checkpoint
   # every 2. The first stop (3rd controller window: epoch 1, steps 4-5)
@@ -333,21 +333,11 @@ def test_interrupted_run_resumes_with_the_same_buffer(tmp_path, monkeypatch):
   # resumed run must do; the second (2nd controller window after resuming:
   # steps 6-7) from ctrl step 6, after that store, which it must not repeat.
   for stop_at, size in ((3, 16), (2, 32)):
-    calls = []
-
-    def interrupted(state, data, *, step, length, setup, calls=calls,
-                    stop_at=stop_at):
-      if step is steps.controller_step:
-        calls.append(1)
-        if len(calls) == stop_at:
-          raise KeyboardInterrupt
-      return real_window(state, data, step=step, length=length, setup=setup)
-
-    monkeypatch.setattr(steps, "run_window", interrupted)
+    interrupt_window(monkeypatch, stop_at, only_step=steps.controller_step)
     with pytest.raises(KeyboardInterrupt):
       train.train_and_evaluate(config, workdir)
+    monkeypatch.undo()
     assert int(_final_buffer(workdir, config).size) == size
-  monkeypatch.setattr(steps, "run_window", real_window)
   train.train_and_evaluate(config, workdir)
   chex.assert_trees_all_equal(_final_buffer(workdir, config),
                               _final_buffer(reference, config))

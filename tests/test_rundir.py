@@ -128,6 +128,24 @@ def test_bind_config_different_config_raises_with_key_and_values(tmp_path):
     assert json.load(f)["train"]["lr"] == 20.0
 
 
+def test_bind_config_ignores_the_mesh_and_defaults_added_keys(tmp_path):
+  """Where a run computes is not part of it: another mesh resumes. A key
+  added later (model.compute_dtype) binds a directory written without it
+  when the value is the one such runs used, and not otherwise."""
+  workdir = str(tmp_path / "run")
+  config = _config()
+  config.mesh = ml_collections.ConfigDict({"seeds": 0, "data": 4})
+  rundir.bind_config(workdir, config)
+  config.mesh.data = 1
+  assert rundir.bind_config(workdir, config) is False
+  config.model = ml_collections.ConfigDict({"compute_dtype": "float32"})
+  assert rundir.bind_config(workdir, config) is False
+  config.model.compute_dtype = "bfloat16"
+  with pytest.raises(rundir.WorkdirMismatch,
+                     match='model.compute_dtype: "float32" -> "bfloat16"'):
+    rundir.bind_config(workdir, config)
+
+
 def test_workdir_mismatch_is_a_value_error():
   """Callers catching ValueError also catch a mismatch."""
   assert issubclass(rundir.WorkdirMismatch, ValueError)

@@ -20,9 +20,10 @@ import experiments
 from experiments import common
 from nas_jax import metrics
 from nas_jax import search_space
-from nas_jax import seeds
 from nas_jax import settings
 from nas_jax import train
+
+from conftest import interrupt_window
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -294,20 +295,12 @@ def test_stacked_runs_equal_single_runs_and_resume(tmp_path, monkeypatch):
   for config, workdir in zip(configs, singles):
     train.train_and_evaluate(config, workdir)
   together = [str(tmp_path / f"stacked_{c.seed}") for c in configs]
-  real, calls = seeds.run_windows, []
-
-  def interrupted(*args, **kwargs):
-    # Window 6 is epoch 1's first controller window: the resumed runs must
-    # store into their buffers first, as the single runs did.
-    calls.append(1)
-    if len(calls) == 6:
-      raise KeyboardInterrupt
-    return real(*args, **kwargs)
-
-  monkeypatch.setattr(seeds, "run_windows", interrupted)
+  # Window 6 is epoch 2's first controller window: the resumed runs must
+  # store into their buffers first, as the single runs did.
+  calls = interrupt_window(monkeypatch, stop_at=6)
   with pytest.raises(KeyboardInterrupt):
     train.train_many(configs, together)
-  monkeypatch.setattr(seeds, "run_windows", real)
+  monkeypatch.undo()
   loaded = train.train_many(configs, together)
   assert len(calls) == 6  # The resumed runs did not use the patched one.
   for run, stacked, single in zip(loaded, together, singles):

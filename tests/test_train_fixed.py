@@ -16,6 +16,7 @@ from nas_jax import settings
 from nas_jax import steps
 
 from conftest import TOY_VOCAB
+from conftest import interrupt_window
 
 VOCAB = TOY_VOCAB
 CELL = "1 0 2 1 0 2 3"  # 4 nodes, the smoke preset's model.num_nodes.
@@ -113,19 +114,12 @@ def test_run_from_best_arch_json_and_resume_exactly(tmp_path, monkeypatch):
   assert [d["cells"] for d in out["derived.jsonl"]] == [
       [[int(t) for t in CELL.split()]]] * len(out["derived.jsonl"])
 
-  real_window, calls = steps.run_window, []
-
-  def interrupted(state, data, *, step, length, setup):
-    calls.append(1)
-    if len(calls) == 3:  # Epoch 1 (4 steps an epoch), after a checkpoint.
-      raise KeyboardInterrupt
-    return real_window(state, data, step=step, length=length, setup=setup)
-
   workdir = str(tmp_path / "interrupted")
-  monkeypatch.setattr(steps, "run_window", interrupted)
+  # Window 3: epoch 2 (4 steps an epoch), after a checkpoint.
+  interrupt_window(monkeypatch, stop_at=3)
   with pytest.raises(KeyboardInterrupt):
     train_fixed.run(config, workdir)
   assert not os.path.exists(os.path.join(workdir, "best_arch.json"))
-  monkeypatch.setattr(steps, "run_window", real_window)
+  monkeypatch.undo()
   train_fixed.run(config, workdir)
   assert _outputs(workdir) == out
