@@ -153,9 +153,11 @@ def main():
   except train.Interrupted as e:
     _stop(str(e), e.exit_status)
   except devices.WorkerDone as e:
-    print(e, file=sys.stderr, flush=True)
+    print(f"{e}; waiting for it", file=sys.stderr, flush=True)
   except KeyboardInterrupt:
     _stop(_OUTSIDE_LOOP.format(signal="SIGINT"), 130)
+  # Multi-host: the processes leave together, after process 0's analysis.
+  devices.wait_for_all("nas_jax_experiment_done")
   return 0
 
 

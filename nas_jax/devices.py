@@ -18,16 +18,19 @@ input and output shardings (:func:`Placement.window`), and XLA partitions
 them. Random draws do not depend on the partition (JAX's partitionable
 threefry), so a run gives the same results on any mesh, to float tolerance
 (``tests/test_devices.py`` checks seeds sharding, data parallelism, and a
-resume onto another device count on 4 simulated CPU devices).
+run stopped on a 4-device mesh and resumed on a 1-device one, with 4
+simulated CPU devices).
 
 Multi-host (:func:`initialize`): with ``--coordinator_address``,
-``--num_processes`` and ``--process_id`` (or under SLURM with several tasks)
-JAX's distributed runtime joins the processes, and the mesh spans every
-process's devices. Every process runs the same program on the same data;
-process 0 alone writes logs, reports and run-directory files
+``--num_processes`` and ``--process_id`` (or in an ``srun`` step of several
+tasks) JAX's distributed runtime joins the processes, and the mesh spans
+every process's devices. Every process runs the same program on the same
+data; process 0 alone writes logs, reports and run-directory files
 (:func:`is_writer`); all processes take part in checkpoints, as orbax
 requires. Metrics come back replicated, so every process reads the same
-values and takes the same decisions.
+values and takes the same decisions; a stop after a signal is agreed
+(:func:`agree_max`); after the search the others wait for process 0's
+analysis (:func:`wait_for_all`).
 """
 
 from __future__ import annotations
@@ -62,9 +65,10 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
                process_id: int = -1) -> bool:
   """Joins a multi-process job; True if JAX's distributed runtime started.
 
-  Explicit flags (all three) win; otherwise a SLURM job step with more than
-  one task (``SLURM_NTASKS > 1``) is detected by JAX itself. A single
-  process does nothing. Call before any JAX computation.
+  Explicit flags (all three) win; otherwise an ``srun`` step of more than
+  one task (``SLURM_STEP_NUM_TASKS > 1``, set only inside a step, not in the
+  batch script) is detected by JAX itself. A single process does nothing.
+  Call before any JAX computation.
   """
   explicit = (coordinator_address, num_processes > 0, process_id >= 0)
   if any(explicit):
@@ -81,7 +85,7 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
                                num_processes=num_processes,
                                process_id=process_id)
     return True
-  if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+  if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:
     jax.distributed.initialize()
     return True
   return False
@@ -90,6 +94,33 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
 def is_writer() -> bool:
   """Whether this process writes files and prints reports (process 0)."""
   return jax.process_index() == 0
+
+
+def agree_max(value: int) -> int:
+  """The largest ``value`` over all processes (itself on one process): a
+  decision every process takes together, e.g. to stop after a signal that
+  reached only some of them (Python's handler sees SIGINT and SIGTERM: the
+  search loop installs it over the one JAX's preemption service sets)."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+# How long the workers wait for process 0's analysis (a paper-size probe
+# takes minutes to hours).
+_ANALYSIS_TIMEOUT_S = 7 * 24 * 3600
+
+
+def wait_for_all(name: str) -> None:
+  """Blocks until every process reaches the barrier ``name`` (no-op on one
+  process), on the distributed runtime's coordination service (orbax's
+  barrier), not a device collective: the workers wait there while process
+  0 analyses, instead of exiting into JAX's shutdown barrier, which gives up
+  after minutes."""
+  if jax.process_count() > 1:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    ocp.multihost.sync_global_processes(name, timeout=_ANALYSIS_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------------------
@@ -142,6 +173,11 @@ def mesh_shape(config_mesh, *, num_seeds: int, batch_size: int,
   if batch_size % data:
     raise MeshError(f"config mesh.data = {data} must divide train.batch_size "
                     f"= {batch_size} (each device takes batch / data columns)")
+  if jax.process_count() > 1 and seeds * data != num_devices:
+    raise MeshError(
+        f"a multi-host mesh must use every device: mesh.seeds x mesh.data = "
+        f"{seeds} x {data} of {num_devices} (set both, with a train.batch_size "
+        "that the data axis divides)")
   return MeshShape(seeds=seeds, data=data)
 
 
@@ -251,7 +287,8 @@ def _wrap_keys(raw, template):
 
 def to_host(tree):
   """Every leaf as NumPy on every process (replicated arrays read locally,
-  sharded ones gathered across processes). Keys stay keys (host data)."""
+  sharded ones gathered across processes); typed PRNG keys as their raw
+  ``uint32`` data (see :func:`local_copy`)."""
   raw = _key_data(tree)
   if jax.process_count() == 1:
     return jax.device_get(raw)
@@ -260,6 +297,13 @@ def to_host(tree):
       lambda x: (np.asarray(x) if not isinstance(x, jax.Array)
                  or x.is_fully_replicated
                  else multihost_utils.process_allgather(x, tiled=True)), raw)
+
+
+def local_copy(tree):
+  """``tree`` on this process's first device, whole (keys stay keys): what
+  one process computes with alone, e.g. process 0's analysis."""
+  return _wrap_keys(jax.device_put(to_host(tree), jax.local_devices()[0]),
+                    tree)
 
 
 # ---------------------------------------------------------------------------
@@ -276,7 +320,7 @@ class Placement:
 
   def __init__(self, shape: MeshShape, *, num_seeds: int = 1,
                stacked: bool = False):
-    self.shape, self.num_seeds, self.stacked = shape, num_seeds, stacked
+    self.shape, self.stacked = shape, stacked
     self.mesh = make_mesh(shape)
     self.padded = padded_seeds(num_seeds, shape) if stacked else 1
     self.data = data_sharding(self.mesh)

@@ -181,9 +181,9 @@ class RunWriter:
 
 
 class ReadOnlyWriter(RunWriter):
-  """The writer of a process other than 0 in a multi-host run: it keeps
-  :attr:`last_values` as process 0's writer does (the loop's summaries and
-  decisions read them) and writes nothing."""
+  """The writer of a process other than 0 in a multi-host run: it writes
+  nothing (no files, no TensorBoard) and keeps :attr:`last_values` of this
+  process only (its epoch summaries are not printed)."""
 
   def truncate(self, offsets: dict[str, int]) -> None:
     del offsets

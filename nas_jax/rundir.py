@@ -149,7 +149,8 @@ class RunDirectory:
   def restore(self, template):
     """``(state, meta)`` from the latest checkpoint, or None if there is none.
 
-    ``template`` is a freshly initialised state: it fixes structure, dtypes
+    ``template`` is a freshly initialised state: it fixes structure, dtypes,
+    the shardings the arrays are restored into (any device count)
     and the PRNG implementation.
     """
     tick = self.manager.latest_step()

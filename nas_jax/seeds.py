@@ -11,8 +11,10 @@ tolerance, as batching may reorder floating-point sums), tested in
 ``tests/test_seeds.py``; ``benchmarks/stacked_seeds.py`` measures the gain.
 
 All seeds share one :class:`settings.Setup` (the config apart from ``seed``)
-and the same data. The per-seed host work (logging, derive, checkpoints)
-reads a seed's state with :func:`unstack`.
+and the same data. The search loop (``train.train_many``) runs the same
+``vmap``-ed windows through :class:`devices.Placement`, which also lays the
+seeds out over devices; these unsharded functions serve the benchmarks and
+tests.
 """
 
 from __future__ import annotations

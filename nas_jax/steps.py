@@ -122,8 +122,6 @@ def _init_state(seed: jax.Array, *, setup: Setup) -> TrainState:
   k_shared, k_ctrl = jax.random.split(jax.random.fold_in(key, streams.INIT))
   shared = supernet.init(k_shared, setup.model)
   ctrl = controller.init(k_ctrl, setup.ctrl)
-  # Separate buffers: the steps donate the state, and one buffer may not be
-  # donated twice.
   zero = lambda: jnp.zeros((), jnp.int32)
   return TrainState(
       shared=shared,

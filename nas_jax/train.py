@@ -119,7 +119,7 @@ class Phase:
 
   The loop runs the phase in windows of ``log_every`` steps (and any
   remainder before the phase end), each one jitted ``lax.scan``
-  (:func:`steps.run_window`) whose stacked metrics are read once. Logs close
+  (:meth:`devices.Placement.window`) whose stacked metrics are read once. Logs close
   and checkpoints land only at window ends (``checkpoint_every`` is a
   multiple of ``log_every``), so a resumed run logs exactly the same windows.
   """
@@ -233,7 +233,8 @@ def train_many(configs, workdirs, *, stacked: bool = True
   the configs must differ only in ``seed``. Returns the finished runs.
 
   With ``stacked`` the unfinished runs advance together as one state with a
-  leading seed axis (:mod:`nas_jax.seeds`): every window of steps is one
+  leading seed axis, laid out on the seeds axis of the mesh
+  (:class:`devices.Placement`): every window of steps is one
   ``vmap``-ed program, while each run keeps its own logs, checkpoints,
   derive and best cell, the same (to float tolerance) as running it alone
   with :func:`train_and_evaluate`. Runs resumed at different points (a
@@ -271,16 +272,16 @@ def train_many(configs, workdirs, *, stacked: bool = True
       for group in groups.values():
         _Loop(group, setup, corpus, train_data, valid_data, signals,
               single).run()
-    if signals.received is not None:  # After the loop's last check.
+    # After the loop's last check (multi-host: if any process got one).
+    received = devices.agree_max(signals.received or 0)
+    if received:
       raise Interrupted(
-          signals.received, f"interrupted by "
-          f"{_SIGNAL_NAMES[signals.received]} as the search ended (saved); "
-          "rerun the same command to continue")
+          received, f"interrupted by {_SIGNAL_NAMES[received]} as the "
+          "search ended (saved); rerun the same command to continue")
     if jax.process_count() > 1:
       # Multi-host: process 0 analyses the runs alone, on local copies.
       for run in runs:
-        run.state = jax.device_put(devices.to_host(run.state),
-                                   jax.local_devices()[0])
+        run.state = devices.local_copy(run.state)
       if not devices.is_writer():
         raise devices.WorkerDone(
             f"process {jax.process_index()}: {len(runs)} search"
@@ -443,8 +444,12 @@ class _Loop:
 
   def _stop_if_signalled(self, bar=None) -> None:
     """After a SIGINT/SIGTERM: saves (unless this point is saved) and raises
-    :class:`Interrupted`."""
-    if self.signals is None or self.signals.received is None:
+    :class:`Interrupted`. Multi-host: every process stops at the same window
+    end if any of them received one (:func:`devices.agree_max`)."""
+    if self.signals is None:
+      return
+    signum = devices.agree_max(self.signals.received or 0)
+    if not signum:
       return
     if bar is not None:
       bar.close()
@@ -456,7 +461,6 @@ class _Loop:
              else f"in epoch {epoch + 1}/{epochs}")
     runs = (f"{len(self.runs)} runs ({', '.join(r.workdir for r in self.runs)})"
             if self.stacked else self.runs[0].workdir)
-    signum = self.signals.received
     raise Interrupted(
         signum, f"interrupted by {_SIGNAL_NAMES[signum]} {where} at shared "
         f"step {shared}, controller step {ctrl}; checkpoint saved in {runs}; "
@@ -607,7 +611,7 @@ class _Loop:
     cell = jnp.asarray(tokens)
     params = state.shared
     if jax.process_count() > 1:  # Every process evaluates a local copy.
-      params = jax.device_put(devices.to_host(params), jax.local_devices()[0])
+      params = devices.local_copy(params)
     valid_ppl, valid_tokens = evaluation.evaluate_cell(
         params, cell, self.corpus.valid, **ev)
     record = {

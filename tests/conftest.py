@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules."""
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -27,6 +28,42 @@ def toy_data():
   """``int32[30, 8]``: batchified toy text, ids below :data:`TOY_VOCAB`."""
   rng = np.random.default_rng(0)
   return jnp.asarray(rng.integers(0, TOY_VOCAB, (30, 8), dtype=np.int32))
+
+
+def run_outputs(workdir):
+  """A search run's logs (timings dropped) and best cell, as data."""
+  from nas_jax import metrics  # pylint: disable=import-outside-toplevel
+
+  def lines(name):
+    with open(os.path.join(workdir, name), encoding="utf-8") as f:
+      return [json.loads(line) for line in f]
+  with open(os.path.join(workdir, "best_arch.json"), encoding="utf-8") as f:
+    best = json.load(f)
+  return {
+      "metrics": [{k: v for k, v in r.items() if not metrics.is_timing(k)}
+                  for r in lines("metrics.jsonl")],
+      "archs": lines("archs.jsonl"), "derived": lines("derived.jsonl"),
+      "best": best}
+
+
+def assert_same_run(workdir, reference):
+  """Same logs, cells and best cell: cells and counters exactly, numbers to
+  float tolerance (stacking seeds or splitting the batch over devices may
+  reorder floating-point sums)."""
+  a, b = run_outputs(workdir), run_outputs(reference)
+  assert a["best"]["arch"] == b["best"]["arch"]
+  assert a["best"]["valid_ppl"] == pytest.approx(b["best"]["valid_ppl"],
+                                                 rel=1e-4)
+  for name in ("metrics", "archs", "derived"):
+    assert len(a[name]) == len(b[name]), name
+    for row, ref in zip(a[name], b[name]):
+      assert row.keys() == ref.keys(), name
+      for key, value in row.items():
+        if key in ("cells", "tokens", "step", "epoch", "arch", "best"):
+          assert value == ref[key], (name, key)
+        elif value is not None:
+          np.testing.assert_allclose(value, ref[key], rtol=1e-3, atol=1e-4,
+                                     err_msg=f"{name}/{key}")
 
 
 def interrupt_window(monkeypatch, stop_at, only_step=None):

@@ -5,18 +5,15 @@ starts): ``tests/test_devices.py`` runs this file in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
 """
 
-import json
-import os
-
 import jax
-import numpy as np
 import pytest
 
 import experiments
 from experiments import common
 from nas_jax import devices
-from nas_jax import metrics
 from nas_jax import train
+
+from conftest import assert_same_run
 
 pytestmark = pytest.mark.skipif(
     len(jax.devices()) != 4, reason="needs 4 (simulated) devices")
@@ -26,34 +23,6 @@ def smoke_config(**overrides):
   # Windows of 4 steps (a whole phase): fewer programs and saves.
   overrides = {"log_every": 4, "checkpoint_every": 4, **overrides}
   return common.apply_overrides(experiments.get_config("smoke")[1], overrides)
-
-
-def _outputs(workdir):
-  def lines(name):
-    with open(os.path.join(workdir, name)) as f:
-      return [json.loads(line) for line in f]
-  return {
-      "metrics": [{k: v for k, v in r.items() if not metrics.is_timing(k)}
-                  for r in lines("metrics.jsonl")],
-      "archs": lines("archs.jsonl"), "derived": lines("derived.jsonl"),
-      "best": json.load(open(os.path.join(workdir, "best_arch.json")))}
-
-
-def assert_same_run(workdir, reference):
-  """Cells and counters exactly, numbers to float tolerance (another
-  partition sums in another order)."""
-  a, b = _outputs(workdir), _outputs(reference)
-  assert a["best"]["arch"] == b["best"]["arch"]
-  for name in ("metrics", "archs", "derived"):
-    assert len(a[name]) == len(b[name]), name
-    for row, ref in zip(a[name], b[name]):
-      assert row.keys() == ref.keys(), name
-      for key, value in row.items():
-        if key in ("cells", "tokens", "step", "epoch", "arch", "best"):
-          assert value == ref[key], (name, key)
-        elif value is not None:
-          np.testing.assert_allclose(value, ref[key], rtol=1e-3, atol=1e-4,
-                                     err_msg=f"{name}/{key}")
 
 
 @pytest.fixture(scope="module")

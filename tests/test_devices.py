@@ -15,6 +15,8 @@ from experiments import common
 from nas_jax import devices
 from nas_jax import train
 
+from conftest import assert_same_run
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Faster XLA compiles for the tiny programs of these subprocesses (each
 # compares runs within its own process, so the flags do not bias them).
@@ -89,25 +91,33 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_process_search_equals_one_process(tmp_path):
-  """A smoke search on 2 local processes (JAX's CPU collectives, a 2-device
-  mesh across them) writes what one process writes, from process 0 only."""
-  import multidevice_cases  # pylint: disable=import-outside-toplevel
-  import multihost_case  # pylint: disable=import-outside-toplevel
+def test_two_process_smoke_experiment_equals_one_process(tmp_path):
+  """``launch.py --experiment=smoke`` on 2 local processes (JAX's CPU
+  collectives, a 2-device mesh across them): the search writes what one
+  process writes, process 0 alone speaks and runs the probe, and process 1
+  waits for it before both exit."""
+  overrides = {"log_every": 4, "checkpoint_every": 4}
   reference = str(tmp_path / "one_process")
   train.train_and_evaluate(common.apply_overrides(
-      experiments.get_config("smoke")[1], multihost_case.OVERRIDES), reference)
+      experiments.get_config("smoke")[1], overrides), reference)
   workdir = str(tmp_path / "two_processes")
   address = f"127.0.0.1:{_free_port()}"
   env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
   procs = [subprocess.Popen(
-      [sys.executable, os.path.join("tests", "multihost_case.py"), address,
-       "2", str(i), workdir], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+      [sys.executable, "launch.py", "--experiment=smoke",
+       f"--workdir={workdir}", f"--coordinator_address={address}",
+       "--num_processes=2", f"--process_id={i}"]
+      + [f"--config.{k}={v}" for k, v in overrides.items()],
+      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, out[-3000:] + err[-3000:]
-  assert outs[0][0].count("mesh: 1 (seeds) x 2 (data) of 2 CPU devices on 2 "
-                          "processes") == 1
-  assert "worker done" in outs[1][0] and "mesh" not in outs[1][0]
-  multidevice_cases.assert_same_run(workdir, reference)
+  (out0, _), (out1, err1) = outs
+  assert "mesh: 1 (seeds) x 2 (data) of 2 CPU devices on 2 processes" in out0
+  assert "enas_probe: best cell" in out0
+  # Process 1 prints nothing of its own (gloo's C++ log line aside).
+  assert "mesh" not in out1 and "best cell" not in out1
+  assert "process 1: 1 search done; process 0 writes the results" in err1
+  assert os.path.isfile(os.path.join(workdir, "report.md"))
+  assert_same_run(workdir, reference)

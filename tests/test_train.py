@@ -13,17 +13,17 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 import experiments
 from experiments import common
-from nas_jax import metrics
 from nas_jax import search_space
 from nas_jax import settings
 from nas_jax import train
 
+from conftest import assert_same_run
 from conftest import interrupt_window
+from conftest import run_outputs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,21 +35,6 @@ def smoke_config(**overrides):
 def _read_lines(path):
   with open(path) as f:
     return [json.loads(line) for line in f]
-
-
-def _without_timing(records):
-  return [{k: v for k, v in r.items() if not metrics.is_timing(k)}
-          for r in records]
-
-
-def _run_outputs(workdir):
-  return {
-      "metrics": _without_timing(_read_lines(
-          os.path.join(workdir, "metrics.jsonl"))),
-      "archs": _read_lines(os.path.join(workdir, "archs.jsonl")),
-      "derived": _read_lines(os.path.join(workdir, "derived.jsonl")),
-      "best": json.load(open(os.path.join(workdir, "best_arch.json"))),
-  }
 
 
 # ---------------------------------------------------------------------------
@@ -95,18 +80,18 @@ def test_same_seed_same_results(smoke_run, tmp_path):
   workdir, _ = smoke_run
   again = str(tmp_path / "again")
   train.train_and_evaluate(smoke_config(), again)
-  assert _run_outputs(again) == _run_outputs(workdir)
+  assert run_outputs(again) == run_outputs(workdir)
   other = str(tmp_path / "other")
   train.train_and_evaluate(smoke_config(seed=1), other)
-  assert _run_outputs(other)["archs"] != _run_outputs(workdir)["archs"]
+  assert run_outputs(other)["archs"] != run_outputs(workdir)["archs"]
 
 
 def test_rerunning_a_finished_run_changes_nothing(smoke_run):
   """The same command on a finished workdir reports and keeps the files."""
   workdir, best = smoke_run
-  before = _run_outputs(workdir)
+  before = run_outputs(workdir)
   assert train.train_and_evaluate(smoke_config(), workdir).best == best
-  assert _run_outputs(workdir) == before
+  assert run_outputs(workdir) == before
 
 
 _INTERRUPTED = re.compile(
@@ -160,7 +145,7 @@ def test_resume_after_sigkill_sigint_and_sigterm_gives_identical_results(
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "resumed in epoch" in result.stdout
-  assert _run_outputs(workdir) == _run_outputs(reference)
+  assert run_outputs(workdir) == run_outputs(reference)
   # The report opens with the search; the console ends with a summary.
   report = os.path.join(workdir, "report.md")
   with open(report) as f:
@@ -204,7 +189,7 @@ def test_epochs_are_numbered_from_one_everywhere(smoke_run):
   the epochs 1..E, as the console does."""
   workdir, best = smoke_run
   epochs = smoke_config().train.epochs
-  outputs = _run_outputs(workdir)
+  outputs = run_outputs(workdir)
   for name in ("metrics", "archs", "derived"):
     assert {r["epoch"] for r in outputs[name]} == set(
         range(1, epochs + 1)), name
@@ -267,25 +252,6 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
 # Several runs trained together (train_many).
 
 
-def _assert_same_run(stacked, single):
-  """Same logs, cells and best cell: cells and counters exactly, numbers to
-  float tolerance (batching over seeds may reorder sums)."""
-  a, b = _run_outputs(stacked), _run_outputs(single)
-  for name in ("metrics", "archs", "derived"):
-    assert len(a[name]) == len(b[name]), name
-    for row, ref in zip(a[name], b[name]):
-      assert row.keys() == ref.keys(), name
-      for key, value in row.items():
-        if key in ("cells", "tokens", "step", "epoch", "arch", "best"):
-          assert value == ref[key], (name, key)
-        elif value is not None:
-          np.testing.assert_allclose(value, ref[key], rtol=1e-3, atol=1e-4,
-                                     err_msg=f"{name}/{key}")
-  assert a["best"]["arch"] == b["best"]["arch"]
-  assert a["best"]["valid_ppl"] == pytest.approx(b["best"]["valid_ppl"],
-                                                 rel=1e-4)
-
-
 def test_stacked_runs_equal_single_runs_and_resume(tmp_path, monkeypatch):
   """Two seeds with the memory buffer, stacked, stopped once and resumed:
   each run's directory holds what its single run writes."""
@@ -305,8 +271,8 @@ def test_stacked_runs_equal_single_runs_and_resume(tmp_path, monkeypatch):
   assert len(calls) == 6  # The resumed runs did not use the patched one.
   for run, stacked, single in zip(loaded, together, singles):
     assert run.finished
-    _assert_same_run(stacked, single)
-  sizes = [r["buffer/size"] for r in _run_outputs(together[1])["metrics"]
+    assert_same_run(stacked, single)
+  sizes = [r["buffer/size"] for r in run_outputs(together[1])["metrics"]
            if "buffer/size" in r]
   assert max(sizes) == 2 * configs[0].buffer.store_per_epoch
 
