@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import monitoring
 
+from benchmarks import timing
 import experiments
 from experiments import common
 from nas_jax import controller
@@ -160,20 +161,6 @@ def guarded(fn, *args, **kwargs):
     return "out of memory: " + str(e).strip().splitlines()[0][:300]
 
 
-def _median_time(fn, state, repeats: int):
-  """One untimed call (compiles), then the median of ``repeats`` calls;
-  ``fn(state) -> (state, metrics)`` donates and returns the state."""
-  state, metrics = fn(state)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    state, metrics = fn(state)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  return state, statistics.median(times)
-
-
 def paper_config(args, hidden: int):
   """The ``enas_probe:paper`` config with the size flags that differ."""
   config = experiments.get_config(PAPER)[1]
@@ -208,8 +195,8 @@ def time_windows(setup, tokens, args, window_fn=steps.run_window,
   jax.block_until_ready(state)
   run = lambda step: lambda st: window_fn(st, tokens, step=step,
                                           length=args.window, setup=setup)
-  state, shared_s = _median_time(run(steps.shared_step), state, args.repeats)
-  state, ctrl_s = _median_time(run(steps.controller_step), state, args.repeats)
+  state, shared_s = timing.median_time(run(steps.shared_step), state, args.repeats)
+  state, ctrl_s = timing.median_time(run(steps.controller_step), state, args.repeats)
   del state
   return {"shared_window_s": shared_s, "ctrl_window_s": ctrl_s}
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 import experiments
 from experiments import common
 from nas_jax import runtime
@@ -36,37 +35,22 @@ from nas_jax import seeds
 from nas_jax import settings
 from nas_jax import steps
 
-def _time(fn, state, repeats, warmup):
-  for _ in range(warmup):
-    state, m = fn(state)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    state, m = fn(state)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - start)
-  return state, statistics.median(times)
-
-
 def _row(setup, data, s, args) -> dict:
   window = lambda run, step: lambda st: run(st, data, step=step,
                                             length=args.window, setup=setup)
   # Stacked: one program per phase for all S seeds.
   states = seeds.init_states(setup, list(range(s)))
-  states, shared_s = _time(window(seeds.run_windows, steps.shared_step),
-                           states, args.repeats, args.warmup)
-  states, ctrl_s = _time(window(seeds.run_windows, steps.controller_step),
-                         states, args.repeats, args.warmup)
+  timed = lambda run, step, st: timing.median_time(
+      window(run, step), st, args.repeats, args.warmup)
+  states, shared_s = timed(seeds.run_windows, steps.shared_step, states)
+  states, ctrl_s = timed(seeds.run_windows, steps.controller_step, states)
   # Separate: each seed's own state through the single-run windows.
   sep_shared = sep_ctrl = 0.0
   for seed in range(s):
     state = steps.init_state(setup, seed)
-    state, t = _time(window(steps.run_window, steps.shared_step), state,
-                     args.repeats, args.warmup)
+    state, t = timed(steps.run_window, steps.shared_step, state)
     sep_shared += t
-    state, t = _time(window(steps.run_window, steps.controller_step), state,
-                     args.repeats, args.warmup)
+    state, t = timed(steps.run_window, steps.controller_step, state)
     sep_ctrl += t
   n = s * args.window
   return {

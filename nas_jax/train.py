@@ -433,8 +433,10 @@ class _Loop:
             else self.state)
 
   def _progress(self) -> tuple[int, int, int]:
-    return (_first(self.state.epoch), _first(self.state.shared_step),
-            _first(self.state.ctrl_step))
+    # One host read (multi-host: one gather) for the three counters.
+    counters = devices.to_host((self.state.epoch, self.state.shared_step,
+                                self.state.ctrl_step))
+    return tuple(int(np.asarray(c).reshape(-1)[0]) for c in counters)
 
   def save(self, finished=False):
     for i, run in enumerate(self.runs):
