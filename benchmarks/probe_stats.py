@@ -24,7 +24,8 @@ of the run (the code under test is not changed):
 * ``mantel_s``, ``bootstrap_s``: the Mantel null and cell-bootstrap
   distributions (the functions of :data:`PARTS` that exist: the per-call
   ones of :mod:`nas_jax.analysis.resampling`, the batched ones of
-  ``mantel_batch`` and ``bootstrap_batch``);
+  ``mantel_batch`` and ``bootstrap_batch``; the recency tests' partial
+  Mantel nulls are ``mantel_batch``'s too);
 * ``neighbours_s``, ``ridge_s``: the nearest-neighbour checks and ridge
   probes of :mod:`nas_jax.analysis.carry_probes`;
 * ``analyse_s``: all of ``analyse``;
@@ -68,6 +69,7 @@ PARTS = {
                  _A + "resampling:mantel_subset",
                  _A + "mantel_batch:AllPairsNulls.__call__",
                  _A + "mantel_batch:CellSubsetNulls.__call__",
+                 _A + "mantel_batch:CarryGatherNulls.__call__",
                  _A + "mantel_batch:subset_nulls"),
     "bootstrap_s": (_A + "resampling:PairBootstrap.__call__",
                     _A + "resampling:_PairBootstrap.__call__",

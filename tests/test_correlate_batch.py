@@ -76,6 +76,38 @@ def test_all_pairs_nulls_match_mantel_all_pairs(block, chunk, monkeypatch):
         np.testing.assert_allclose(nulls[:, c, b, 1], ref[:, 1], atol=1e-14)
 
 
+@pytest.mark.parametrize("block,chunk", [(50, 7), (1 << 10, 16)])
+def test_carry_gather_nulls_match_mantel_all_pairs(block, chunk,
+                                                   monkeypatch):
+  # Five carries: two rows of gathered carries, the second zero-padded.
+  monkeypatch.setattr(mantel_batch, "_ALL_BLOCK", block)
+  monkeypatch.setattr(mantel_batch, "_ALL_CHUNK", chunk)
+  carries = _carries(K, seed=0) + _carries(K, seed=5)[:2]
+  metrics = [_integer_metric(K, 1), _integer_metric(K, 2),
+             pairwise.pairwise_l2(np.random.default_rng(3).normal(
+                 size=(K, 2)))]
+  i, j = pairwise.pairs_index(K)
+  s = resampling.standardise
+  zx = np.stack([s(sp_stats.rankdata(a[i, j])) for a in carries])
+  zy = np.stack([s(sp_stats.rankdata(m[i, j])) for m in metrics])
+  perms = resampling.cell_permutations(40, K, np.random.default_rng(4))
+  got = mantel_batch.CarryGatherNulls(K, zx, zy)(perms, workers=2)
+  assert got.shape == (40, len(carries), len(metrics))
+  # The same sums as AllPairsNulls (metrics gathered instead)...
+  other = mantel_batch.AllPairsNulls(K, zx, np.zeros_like(zx), zy,
+                                     np.full(zy.shape, np.nan))(perms)
+  np.testing.assert_allclose(got, other[..., 0], rtol=0, atol=1e-14)
+  # ... and as the per-call reference (its Spearman null).
+  for c, a in enumerate(carries):
+    for b, m in enumerate(metrics):
+      x, y = a[i, j], m[i, j]
+      ref = resampling.mantel_all_pairs(a, x, sp_stats.rankdata(x), y,
+                                        sp_stats.rankdata(y), i, j, perms)
+      np.testing.assert_allclose(got[:, c, b], ref[:, 1], atol=1e-14)
+  assert mantel_batch.CarryGatherNulls(K, zx, zy)(perms[:0]).shape == (
+      0, len(carries), len(metrics))
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_cell_subset_nulls_match_the_subset_path(ties):
   """Same permutations of all K cells, no re-ranking, same numbers."""

@@ -7,6 +7,7 @@ from scipy import stats as sp_stats
 from conftest import random_tokens
 from nas_jax import search_space as ss
 from nas_jax.analysis import graph_metrics as gm
+from nas_jax.analysis import mantel_batch
 from nas_jax.analysis import pairwise
 from nas_jax.analysis import recency
 
@@ -273,3 +274,61 @@ def test_partial_mantel_many_equals_one_call_per_pair():
           np.testing.assert_allclose(many[a][b][key], one[key], rtol=1e-12,
                                      atol=1e-12, err_msg=f"{a} {b} {key}")
     assert np.isnan(many["a"]["constant"]["partial_rho"])
+
+
+def test_permutation_nulls_equal_the_metric_gathering_path():
+  """The nulls gather the x's (mantel_batch.CarryGatherNulls); gathering
+  the y's and z instead (mantel_batch.AllPairsNulls, the earlier path) gives
+  the same partial correlations for the same permutations, given z and with
+  a constant z (left out of the product)."""
+  rng = np.random.default_rng(6)
+  k = 25
+  tokens = random_tokens(rng, 6, k)
+  i, j = np.triu_indices(k, 1)
+  xs = [pairwise.pairwise_l2(rng.normal(size=(k, 3))) for _ in range(5)]
+  zx = np.stack([recency._standardised_ranks(x[i, j]) for x in xs])
+  zy = np.stack([recency._standardised_ranks(m[i, j])
+                 for m in gm.pairwise_all(tokens).values()])
+  perms = recency._permutations(30, k, seed=1)
+  last = recency.last_decision_differs(tokens)
+  for zz in (recency._standardised_ranks(last[i, j]), np.zeros(i.size)):
+    targets = np.concatenate([zy, zz[None]])
+    old = mantel_batch.AllPairsNulls(
+        k, zx, np.zeros_like(zx), targets,
+        np.full(targets.shape, np.nan))(perms)[..., 0]
+    expected = recency._partial(old[:, :, :-1], old[:, :, -1:],
+                                (zy @ zz)[None, None])
+    got = recency._permutation_nulls(k, zx, zy, zz, perms, workers=2)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-14)
+
+
+def test_partial_mantel_many_with_a_z_per_y_equals_one_call_per_z():
+  """ys given their own z (the probe: metrics given the last decision,
+  prefixes given a constant) share one pass and get the numbers of one
+  call per z."""
+  rng = np.random.default_rng(7)
+  tokens = random_tokens(rng, 5, 30)
+  xs = {"a": pairwise.pairwise_l2(rng.normal(size=(30, 4))),
+        "b": pairwise.pairwise_l2(rng.normal(size=(30, 2)))}
+  metrics = gm.pairwise_all(tokens)
+  prefix = recency.prefix_metrics(tokens, (1, 2))
+  last = recency.last_decision_differs(tokens)
+  constant = np.zeros_like(last)
+  ys = dict(metrics)
+  ys.update({(n, k): prefix[k][n] for k in prefix for n in metrics})
+  zs = {y: last if y in metrics else constant for y in ys}
+  many = recency.partial_mantel_many(xs, ys, zs, num_permutations=59, seed=3,
+                                     workers=2)
+  given = recency.partial_mantel_many(xs, metrics, last, num_permutations=59,
+                                      seed=3)
+  plain = recency.partial_mantel_many(
+      xs, {y: ys[y] for y in ys if y not in metrics}, constant,
+      num_permutations=59, seed=3)
+  for a in xs:
+    for y in ys:
+      one = (given if y in metrics else plain)[a][y]
+      for key in ("rho", "partial_rho", "p_mantel", "null_sd"):
+        np.testing.assert_allclose(many[a][y][key], one[key], rtol=1e-12,
+                                   atol=1e-12, err_msg=f"{a} {y} {key}")
+  with pytest.raises(ValueError, match="no z"):
+    recency.partial_mantel_many(xs, metrics, {}, num_permutations=9)

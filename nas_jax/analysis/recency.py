@@ -30,7 +30,7 @@ for their NumPy functions); never call it inside ``jax.jit``.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sp_stats
@@ -204,29 +204,37 @@ def _from_ranks(zx: np.ndarray, zy: np.ndarray,
 
 
 def _permutation_nulls(k: int, zx: np.ndarray, zy: np.ndarray,
-                       zz: np.ndarray, perms: np.ndarray,
-                       workers: int = 1) -> np.ndarray:
+                       zz: np.ndarray, perms: np.ndarray, workers: int = 1,
+                       z_of: Sequence[int] | None = None) -> np.ndarray:
   """Partial correlations ``float64[n, X, Y]`` after permuting the cells of
   each x.
 
-  ``zx`` ``[X, M]``, ``zy`` ``[Y, M]`` and ``zz`` ``[M]`` are the
-  standardised ranks of the ``M = K (K - 1) / 2`` pairs ``i < j``; entry
-  ``[r, a, b]`` is :func:`_from_ranks`'s partial rho of ``x_a`` with its
-  cells permuted by ``perms[r]``, ``y_b`` and ``z`` (to rounding). Permuting
-  the cells maps the set of pairs onto itself, so the ranks of a permuted
-  upper triangle are the ranks permuted: :class:`mantel_batch.AllPairsNulls`
-  gathers the y's and z's ranks at the inversely permuted pairs (the same
-  sums), with every x as a carry, in tiles of pairs by permutations, for
-  ``r_xy`` and ``r_xz``; ``r_yz`` does not change. Memory is a few ``[K,
-  K]`` tables (about 30 MB at ``K = 1000``), whatever the number of
-  permutations.
+  ``zx`` ``[X, M]``, ``zy`` ``[Y, M]`` and ``zz`` ``[M]`` (or ``[Z, M]``,
+  row ``z_of[b]`` the one of ``y_b``) are the standardised ranks of the ``M
+  = K (K - 1) / 2`` pairs ``i < j``; entry ``[r, a, b]`` is
+  :func:`_from_ranks`'s partial rho of ``x_a`` with its cells permuted by
+  ``perms[r]``, ``y_b`` and its ``z`` (to rounding). Permuting the cells
+  maps the set of pairs onto itself, so the ranks of a permuted upper
+  triangle are the ranks permuted: :class:`mantel_batch.CarryGatherNulls`
+  gathers each x's ranks at the permuted pairs and takes them against the
+  y's and z's ranks in one product, for ``r_xy`` and ``r_xz``; ``r_yz`` does
+  not change. A constant ``z`` (all-zero ranks) makes ``r_xz = r_yz = 0``
+  and the partial ``r_xy`` itself (as :func:`_partial` gives it), so it is
+  left out of the product. Memory is a ``[K * K, 4]`` table (32 MB at ``K =
+  1000``) per 4 x's, whatever the number of permutations.
   """
-  targets = np.concatenate([zy, zz[None]])
-  nulls = mantel_batch.AllPairsNulls(
-      k, zx, np.zeros_like(zx), targets, np.full(targets.shape, np.nan))
-  null = nulls(np.asarray(perms, dtype=np.int64),
-               workers=workers)[..., 0]  # [n, X, Y + 1]
-  return _partial(null[:, :, :-1], null[:, :, -1:], (zy @ zz)[None, None])
+  zz = np.atleast_2d(zz)
+  z_of = np.zeros(len(zy), np.int64) if z_of is None else np.asarray(z_of)
+  varying = [r for r in range(len(zz)) if zz[r].any()]
+  null = mantel_batch.CarryGatherNulls(k, zx, np.concatenate(
+      [zy, zz[varying]]))(np.asarray(perms, dtype=np.int64),
+                          workers=workers)  # [n, X, Y + len(varying)]
+  out = null[:, :, :len(zy)]
+  for t, r in enumerate(varying, start=len(zy)):
+    cols = np.flatnonzero(z_of == r)
+    out[:, :, cols] = _partial(out[:, :, cols], null[:, :, t:t + 1],
+                               (zy[cols] @ zz[r])[None, None])
+  return out
 
 
 def _check_num_permutations(n) -> int:
@@ -304,41 +312,57 @@ def _checked(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def partial_mantel_many(xs: dict[str, np.ndarray],
-                        ys: dict[str, np.ndarray], z: np.ndarray, *,
+                        ys: dict[str, np.ndarray],
+                        z: np.ndarray | Mapping[Any, np.ndarray], *,
                         num_permutations: int = 999, seed: int = 0,
                         workers: int = 1) -> dict[str, dict[str, Any]]:
   """:func:`partial_mantel` of every ``x`` in ``xs`` with every ``y`` in
   ``ys`` given ``z``: ``{x_name: {y_name: result}}``, the same numbers as
   one call per pair (the same permutations), from one pass of permutations
-  shared by all of them (:class:`mantel_batch.AllPairsNulls` with every
+  shared by all of them (:class:`mantel_batch.CarryGatherNulls` with every
   ``x`` as a carry and every ``y`` and ``z`` as metrics).
 
-  A ``y`` that is constant over the pairs gets NaN results, as in
+  ``z`` is one matrix for every ``y``, or ``y_name -> matrix`` (each ``y``
+  given its own ``z``; the same matrix object for several ``y`` is ranked
+  once). A ``y`` that is constant over the pairs gets NaN results, as in
   :func:`partial_mantel`. ``workers`` threads share the permutations (the
   numbers do not depend on it).
   """
   num_permutations = _check_num_permutations(num_permutations)
   names_x, names_y = list(xs), list(ys)
+  z_for = dict(z) if isinstance(z, Mapping) else {n: z for n in names_y}
+  missing = [n for n in names_y if n not in z_for]
+  if missing:
+    raise ValueError(f"no z for the ys {missing}")
+  # The distinct z matrices (by identity) and each y's among them.
+  distinct_z = ([z] if not isinstance(z, Mapping) else
+                list({id(z_for[n]): z_for[n] for n in names_y}.values()))
+  position = {id(m): t for t, m in enumerate(distinct_z)}
+  z_of = [position[id(z_for[n])] for n in names_y]
+  z_labels = (["z"] if len(distinct_z) == 1 else
+              [f"z {t}" for t in range(len(distinct_z))])
   # Keys as in the error messages: the given names when they are distinct.
   labels = {("x", n): str(n) for n in names_x}
   labels.update({("y", n): str(n) for n in names_y})
-  if len(set(labels.values())) < len(labels) or "z" in labels.values():
+  if (len(set(labels.values())) < len(labels)
+      or set(z_labels) & set(labels.values())):
     labels = {key: f"{key[0]} {key[1]}" for key in labels}
   checked = _checked({**{labels[("x", n)]: xs[n] for n in names_x},
-                      **{labels[("y", n)]: ys[n] for n in names_y}, "z": z})
+                      **{labels[("y", n)]: ys[n] for n in names_y},
+                      **dict(zip(z_labels, distinct_z))})
   xm = {n: checked[labels[("x", n)]] for n in names_x}
   ym = {n: checked[labels[("y", n)]] for n in names_y}
-  zm = checked["z"]
-  k = zm.shape[0]
+  k = checked[z_labels[0]].shape[0]
   i, j = pairwise.pairs_index(k)
   zx = np.stack([_standardised_ranks(xm[n][i, j]) for n in names_x])
   zy = np.stack([_standardised_ranks(ym[n][i, j]) for n in names_y])
-  zz = _standardised_ranks(zm[i, j])
+  zz = np.stack([_standardised_ranks(checked[label][i, j])
+                 for label in z_labels])
   out: dict[str, dict[str, Any]] = {}
   for a, nx_ in enumerate(names_x):
     out[nx_] = {}
     for b, ny in enumerate(names_y):
-      rho, partial = _from_ranks(zx[a], zy[b], zz)
+      rho, partial = _from_ranks(zx[a], zy[b], zz[z_of[b]])
       out[nx_][ny] = {
           "rho": rho, "partial_rho": partial, "p_mantel": math.nan,
           "null_sd": math.nan, "num_pairs": int(i.size), "num_cells": k,
@@ -346,7 +370,8 @@ def partial_mantel_many(xs: dict[str, np.ndarray],
   if not num_permutations:
     return out
   null = _permutation_nulls(k, zx, zy, zz,
-                            _permutations(num_permutations, k, seed), workers)
+                            _permutations(num_permutations, k, seed), workers,
+                            z_of)
   for a, nx_ in enumerate(names_x):
     for b, ny in enumerate(names_y):
       res = out[nx_][ny]
