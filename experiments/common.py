@@ -66,6 +66,9 @@ def search_config() -> ml_collections.ConfigDict:
       # The authors restart the EMA baseline and the validation pointer at
       # every controller phase; False carries both over (TF ENAS).
       "reset_each_phase": True,
+      # "cell": w * entropy summed over decisions, one reward (TF ENAS);
+      # "step": w * H_t, a reward and a baseline per decision (the authors').
+      "entropy_bonus": "cell",
   })
   config.search = ml_collections.ConfigDict({
       "algorithm": "enas",  # or "random_ws", "fixed" (train_fixed).
@@ -125,6 +128,8 @@ def probe_config() -> ml_collections.ConfigDict:
       "num_bootstrap": 1000,  # CIs over cells.
       "ged_max_pairs": 300,  # networkx edit distances on a random subset.
       "ged_timeout": 1.0,  # seconds per pair.
+      # Random-state samples: also draw step 0's input (the authors').
+      "random_input": False,
   })
 
 
@@ -135,6 +140,7 @@ PROBE_PRESETS: dict[str, dict[str, object]] = {
     "paper": {
         "probe.num_cells": 1000,
         "probe.ged_max_pairs": 2000,
+        "probe.random_input": True,
     },
     "smoke": {
         "probe.num_cells": 20,
@@ -156,6 +162,7 @@ SEARCH_PRESETS: dict[str, dict[str, object]] = {
         "derive.every_epochs": 10,
         "buffer.store_start_epoch": 5,
         "buffer.replay_start_epoch": 10,
+        "controller.entropy_bonus": "step",
         "checkpoint_every": 200,
         "log_every": 50,
         **PROBE_PRESETS["paper"],

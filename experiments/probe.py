@@ -53,7 +53,7 @@ def run_probe(p: ml_collections.ConfigDict, run: rundir.LoadedRun,
   start = time.perf_counter()
   print(f"probe: sampling {p.num_cells} cells from the trained and untrained "
         f"controller of {run_dir}", flush=True)
-  raw = probe_sampling.collect(run, p.num_cells, p.seed)
+  raw = probe_sampling.collect(run, p.num_cells, p.seed, p.random_input)
   files.write_npz(os.path.join(run_dir, files.PROBE_FILE), compressed=True,
                   **raw)
   collect_s = time.perf_counter() - start

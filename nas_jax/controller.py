@@ -3,9 +3,9 @@
 For ``N`` nodes the controller makes ``2N - 1`` decisions in the ENAS token
 order (``act_0, prev_1, act_1, ..., prev_{N-1}, act_{N-1}``). At step ``t``:
 
-1. the LSTM reads the embedding of the token chosen at step ``t - 1`` (a zero
-   vector at step 0; the carry starts at zero unless ``initial_carry`` is
-   given);
+1. the LSTM reads the embedding of the token chosen at step ``t - 1`` (at
+   step 0 a zero vector unless ``initial_input`` is given; the carry starts
+   at zero unless ``initial_carry`` is given);
 2. head ``t`` turns the new ``h`` into logits over the step's choices (4
    activations, or the ``l`` earlier nodes for ``prev_l``; impossible choices
    are masked out);
@@ -25,9 +25,10 @@ carries, which is what REINFORCE and the replay loss use.
 Both compute exactly that (same tokens for the same key as a plain per-step
 ``jax.random.categorical``, the rest to float rounding), with less work:
 ``[x; h] @ W`` is split into ``h @ W_h`` plus a row of a per-call table of
-the embeddings' input projections (step 0's zero input needs none); the
-sampler runs the LSTM once per distinct token prefix while there are fewer
-prefixes than cells, draws all steps' Gumbel noise at once, and leaves
+the embeddings' input projections (step 0's zero input needs none, a given
+one is projected once); the sampler runs the LSTM once per distinct token
+prefix while there are fewer prefixes than cells (and they share step 0's
+carry and input), draws all steps' Gumbel noise at once, and leaves
 log-probabilities and entropies to after the loop; the scorer runs only the
 recurrence in its loop and all heads as one batched matmul after it.
 """
@@ -172,7 +173,7 @@ def _input_table(params: Params, config: ControllerConfig) -> jax.Array:
   return params["embedding"] @ w_x + params["lstm_b"]
 
 
-def _check(config, mode, params, initial_carry, num):
+def _check(config, mode, params, initial_carry, num, initial_input=None):
   """Validates everything whose shape or value is known at trace time."""
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -200,6 +201,11 @@ def _check(config, mode, params, initial_carry, num):
         raise ValueError(
             f"initial_carry {name} must have shape ({h},) or ({num}, {h}), "
             f"got {jnp.shape(part)}")
+  if (initial_input is not None
+      and jnp.shape(initial_input) not in ((h,), (num, h))):
+    raise ValueError(
+        f"initial_input must have shape ({h},) or ({num}, {h}), got "
+        f"{jnp.shape(initial_input)}")
 
 
 def _initial_carry(initial_carry, num, config):
@@ -213,6 +219,17 @@ def _initial_carry(initial_carry, num, config):
     return c[None], h[None]
   shape = (num, config.hidden_size)
   return jnp.broadcast_to(c, shape), jnp.broadcast_to(h, shape)
+
+
+def _first_input(params, initial_input, config):
+  """Step 0's input projection plus bias: ``[1, 4H]`` when every cell reads
+  the same input (the bias alone for the default zero input), else ``[num,
+  4H]``."""
+  if initial_input is None:
+    return params["lstm_b"][None]
+  x = jnp.asarray(initial_input, jnp.float32)
+  x = x[None] if x.ndim == 1 else x
+  return x @ params["lstm_w"][:config.hidden_size] + params["lstm_b"]
 
 
 def _gumbel_noise(key: jax.Array, num: int, config: ControllerConfig
@@ -289,9 +306,10 @@ def _draw(noise, logits):
   return jnp.argmax(noise + logits, axis=-1).astype(jnp.int32)
 
 
-def _prefix_tree(params, carry, num, config, mode):
+def _prefix_tree(params, carry, first, num, config, mode):
   """The LSTM on every distinct token prefix while there are fewer than
-  ``num`` of them, for cells that share their initial carry ``[1, H]``.
+  ``num`` of them, for cells that share their initial carry ``[1, H]`` and
+  step 0's input (its projection ``first``, ``[1, 4H]``).
 
   These states do not depend on the draws: step ``t`` has one row per
   prefix of ``t`` tokens (``1, 4, 4, 16, 32, ...`` rows), row ``u * size +
@@ -306,7 +324,7 @@ def _prefix_tree(params, carry, num, config, mode):
   w_h = params["lstm_w"][hidden:]
   table = _input_table(params, config)
   c, h = carry
-  gates = h @ w_h + params["lstm_b"]  # Step 0: a zero input.
+  gates = h @ w_h + first  # Step 0's input.
   cs, hs = [], []
   while True:
     c, h = _gate_update(gates, c)
@@ -325,14 +343,16 @@ def _prefix_tree(params, carry, num, config, mode):
           (c, h, _logits(params, h, steps, config, mode)))
 
 
-def _sample_steps(params, key, num, config, mode, carry):
+def _sample_steps(params, key, num, config, mode, carry, first):
   """The sampler: the plain per-step LSTM's tokens, with exact savings.
 
-  * An input's projection is a row of :func:`_input_table`; one more row,
-    the bias alone, is step 0's zero input.
+  * An input's projection is a row of :func:`_input_table`; more rows,
+    ``first`` (:func:`_first_input`), are step 0's input (the bias alone
+    for the default zero input).
   * Cells that share their initial carry (the default zero carry, or
-    ``[H]`` parts) share their first states: :func:`_prefix_tree` computes
-    them once per distinct prefix, and each cell's draws pick its rows.
+    ``[H]`` parts) and step 0's input share their first states:
+    :func:`_prefix_tree` computes them once per distinct prefix, and each
+    cell's draws pick its rows.
   * Then one row per cell in a ``lax.scan`` that does only what the next
     step needs (the draw) and writes the carries straight into their ``[num,
     2N-1, H]`` place (no stacking and transposing after the loop).
@@ -345,17 +365,19 @@ def _sample_steps(params, key, num, config, mode, carry):
   noise = _gumbel_noise(key, num, config)
   c, h = carry
   k = 0
-  # The input row of the first scanned step: table[num_embeddings] is the
-  # bias alone (step 0's zero input).
-  row = jnp.full((num,), config.num_embeddings, jnp.int32)
+  # The input row of the first scanned step: table[num_embeddings + i] is
+  # row i of first (step 0's input).
+  row = config.num_embeddings + (
+      jnp.arange(num, dtype=jnp.int32) if first.shape[0] > 1
+      else jnp.zeros((num,), jnp.int32))
   tokens, logits = [], []  # Parts, [num, steps of the part (, K)].
-  if c.shape[0] == 1 and num > 1:
-    k, first, (tree_c, tree_h, tree_logits) = _prefix_tree(
-        params, carry, num, config, mode)
+  if c.shape[0] == 1 and first.shape[0] == 1 and num > 1:
+    k, starts, (tree_c, tree_h, tree_logits) = _prefix_tree(
+        params, carry, first, num, config, mode)
     idx = jnp.zeros((num,), jnp.int32)
     rows = []
     for t in range(k):
-      rows.append(first[t] + idx)
+      rows.append(starts[t] + idx)
       tokens.append(_draw(noise[t], tree_logits[rows[-1]]))
       idx = idx * sizes[t] + tokens[-1]
     tokens, rows = [jnp.stack(tokens, axis=1)], jnp.stack(rows, axis=1)
@@ -371,8 +393,7 @@ def _sample_steps(params, key, num, config, mode, carry):
 
   if k < steps:
     w_h = params["lstm_w"][hidden:]
-    table = jnp.concatenate(
-        [_input_table(params, config), params["lstm_b"][None]])
+    table = jnp.concatenate([_input_table(params, config), first])
     offsets = jnp.asarray(offsets)
 
     def body(state, t):
@@ -400,7 +421,8 @@ def _sample_steps(params, key, num, config, mode, carry):
 
 def sample(params: Params, key: jax.Array, num: int, *,
            config: ControllerConfig, mode: str = "train",
-           initial_carry: tuple[jax.Array, jax.Array] | None = None) -> Rollout:
+           initial_carry: tuple[jax.Array, jax.Array] | None = None,
+           initial_input: jax.Array | None = None) -> Rollout:
   """Samples ``num`` cells in one batched call, driven only by ``key``.
 
   Args:
@@ -411,31 +433,36 @@ def sample(params: Params, key: jax.Array, num: int, *,
     mode: ``"train"`` (temperature and tanh) or ``"derive"`` (temperature).
     initial_carry: optional ``(c, h)``, each ``[H]`` or ``[num, H]``;
       zeros by default.
+    initial_input: optional input of step 0, ``[H]`` or ``[num, H]`` (the
+      LSTM's input space, not a token); zeros by default.
 
   Returns:
     A :class:`Rollout` whose ``tokens`` are valid ``int32[num, 2N-1]`` cells.
   """
   if not isinstance(num, int) or num < 1:
     raise ValueError(f"num must be a positive int, got {num!r}")
-  _check(config, mode, params, initial_carry, num)
+  _check(config, mode, params, initial_carry, num, initial_input)
   return _sample(params, key, num, config=config, mode=mode,
-                 initial_carry=initial_carry)
+                 initial_carry=initial_carry, initial_input=initial_input)
 
 
 @functools.partial(jax.jit, static_argnames=("num", "config", "mode"))
-def _sample(params, key, num, *, config, mode, initial_carry):
+def _sample(params, key, num, *, config, mode, initial_carry, initial_input):
   carry = _initial_carry(initial_carry, num, config)
-  return _sample_steps(params, key, num, config, mode, carry)
+  first = _first_input(params, initial_input, config)
+  return _sample_steps(params, key, num, config, mode, carry, first)
 
 
 def score(params: Params, tokens: jax.Array, *, config: ControllerConfig,
           mode: str = "train",
-          initial_carry: tuple[jax.Array, jax.Array] | None = None) -> Rollout:
+          initial_carry: tuple[jax.Array, jax.Array] | None = None,
+          initial_input: jax.Array | None = None) -> Rollout:
   """Teacher-forced pass over given cells ``int32[num, 2N-1]``.
 
   Each step's input is the embedding of the *given* previous token, so
   ``score(params, sample(params, key, n).tokens)`` reproduces the sample's
-  log-probabilities, entropies and carries. Differentiable in ``params``.
+  log-probabilities, entropies and carries (given the same
+  ``initial_carry`` and ``initial_input``). Differentiable in ``params``.
 
   Concrete ``tokens`` are validated (``ValueError`` naming the row and
   position of an invalid choice); traced ones must be valid cells, else the
@@ -444,15 +471,16 @@ def score(params: Params, tokens: jax.Array, *, config: ControllerConfig,
   if jnp.ndim(tokens) != 2 or jnp.shape(tokens)[1] != config.num_steps:
     raise ValueError(
         f"tokens must be [num, {config.num_steps}], got {jnp.shape(tokens)}")
-  _check(config, mode, params, initial_carry, jnp.shape(tokens)[0])
+  _check(config, mode, params, initial_carry, jnp.shape(tokens)[0],
+         initial_input)
   if not isinstance(tokens, jax.core.Tracer):
     search_space.validate_tokens(np.asarray(tokens))
   return _score(params, tokens, config=config, mode=mode,
-                initial_carry=initial_carry)
+                initial_carry=initial_carry, initial_input=initial_input)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mode"))
-def _score(params, tokens, *, config, mode, initial_carry):
+def _score(params, tokens, *, config, mode, initial_carry, initial_input):
   """Teacher forcing: the recurrence alone in the loop, the heads after it.
 
   Step ``t``'s input projection is row ``tokens[:, t - 1] + offset`` of
@@ -470,7 +498,8 @@ def _score(params, tokens, *, config, mode, initial_carry):
     c, h = _gate_update(carry[1] @ w_h + table[row], carry[0])
     return (c, h), (c, h)
 
-  c, h = _gate_update(h @ w_h + params["lstm_b"], c)  # A zero input.
+  c, h = _gate_update(h @ w_h + _first_input(params, initial_input, config),
+                      c)  # Step 0's input.
   c, h = jnp.broadcast_to(c, (num, hidden)), jnp.broadcast_to(h, (num, hidden))
   _, (cs, hs) = jax.lax.scan(body, (c, h), rows)
   # Time-major [2N-1, num, ...] until the outputs.

@@ -11,7 +11,9 @@ this module:
   (``c``, ``h``; this state produced the last decision's logits, so it has
   **not** seen the last activation token, as in the authors' analysis);
 * records per-step log-probabilities, entropies and max probabilities, from
-  the zero state and from random initial states;
+  the zero state and from random initial states (``c`` and ``h`` drawn
+  ``N(0, 1)`` per cell; step 0's input stays zero unless ``random_input``,
+  the authors' probe, draws it ``N(0, 1)`` too);
 * scores every cell with the run's shared weights on a fixed validation slice
   (the derive window) to get its shared-weight perplexity;
 * changes each earlier decision of each cell in turn and measures, teacher
@@ -50,15 +52,21 @@ def _step_distributions(params, hs, setup):
   return jnp.stack(steps, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("num", "setup", "chunk_size"))
-def _sample_arm(params, shared, key, valid_window, *, num, setup, chunk_size):
+@functools.partial(jax.jit, static_argnames=("num", "setup", "chunk_size",
+                                             "random_input"))
+def _sample_arm(params, shared, key, valid_window, *, num, setup, chunk_size,
+                random_input):
   """One compiled program per size: both controllers reuse it."""
   k_zero, k_rand, k_state = jax.random.split(key, 3)
   rollout = controller.sample(params, k_zero, num, config=setup.ctrl,
                               mode="derive")
   h0 = jax.random.normal(k_state, (2, num, setup.ctrl.hidden_size))
+  x0 = (jax.random.normal(jax.random.fold_in(k_state, 1),
+                          (num, setup.ctrl.hidden_size))
+        if random_input else None)
   rand = controller.sample(params, k_rand, num, config=setup.ctrl,
-                           mode="derive", initial_carry=(h0[0], h0[1]))
+                           mode="derive", initial_carry=(h0[0], h0[1]),
+                           initial_input=x0)
   inputs, targets = valid_window
   losses = evaluation.cell_losses(shared, rollout.tokens, inputs, targets,
                                   config=setup.model, chunk_size=chunk_size)
@@ -76,19 +84,27 @@ def _sample_arm(params, shared, key, valid_window, *, num, setup, chunk_size):
   return out
 
 
-def sample_arm(params, shared, key, num, setup, valid_window, chunk_size):
-  """Everything the analysis needs about one controller: a dict of arrays."""
+def sample_arm(params, shared, key, num, setup, valid_window, chunk_size,
+               random_input=False):
+  """Everything the analysis needs about one controller: a dict of arrays.
+
+  ``random_input``: the random-state samples also draw step 0's input (the
+  authors' probe); by default it is zero, as in every other sample.
+  """
   # Restored and freshly built arrays can differ in placement metadata,
   # which would compile a second program: pass plain host copies.
   params, shared = jax.tree.map(np.asarray, (params, shared))
   out = _sample_arm(params, shared, key, valid_window, num=num, setup=setup,
-                    chunk_size=chunk_size)
+                    chunk_size=chunk_size, random_input=random_input)
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-def collect(run: rundir.LoadedRun, num_cells: int, seed: int
-            ) -> dict[str, np.ndarray]:
+def collect(run: rundir.LoadedRun, num_cells: int, seed: int,
+            random_input: bool = False) -> dict[str, np.ndarray]:
   """Probe data of the trained and the untrained controller of ``run``.
+
+  ``random_input`` is the config's ``probe.random_input`` (see
+  :func:`sample_arm`).
 
   Keys are ``trained/<name>`` and ``untrained/<name>`` (see
   :func:`sample_arm`, and ``conditioning_kl`` ``[K, P, 2N-1]`` of
@@ -109,7 +125,7 @@ def collect(run: rundir.LoadedRun, num_cells: int, seed: int
   change_key = jax.random.fold_in(key, 1)
   for arm, params in (("trained", state.ctrl), ("untrained", run.initial.ctrl)):
     for name, value in sample_arm(params, state.shared, key, num_cells, setup,
-                                  window, chunk).items():
+                                  window, chunk, random_input).items():
       result[f"{arm}/{name}"] = value
     result[f"{arm}/conditioning_kl"] = np.asarray(policy_probe.conditioning_kl(
         jax.tree.map(np.asarray, params), result[f"{arm}/tokens"],

@@ -73,8 +73,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 # Keys added after runs existed, with the value that such runs used: a run
-# directory without the key resumes.
-ADDED_KEYS = {"model.compute_dtype": "float32"}
+# directory without the key resumes, and :func:`load_config` fills it in.
+ADDED_KEYS = {"model.compute_dtype": "float32",
+              "controller.entropy_bonus": "cell",
+              "probe.random_input": False}
 
 
 def _identity(config: dict) -> dict:
@@ -194,12 +196,20 @@ class LoadedRun(NamedTuple):
 
 
 def load_config(run_dir: str) -> ml_collections.ConfigDict:
-  """The ``config.json`` a run directory is bound to."""
+  """The ``config.json`` a run directory is bound to, with the
+  :data:`ADDED_KEYS` it was written without (their values then)."""
   path = os.path.join(run_dir, files.CONFIG_FILE)
   if not os.path.exists(path):
     raise settings.ConfigError(
         f"{run_dir}: no {files.CONFIG_FILE}; expected a search run directory")
-  return ml_collections.ConfigDict(files.read_json(path))
+  config = files.read_json(path)
+  for dotted, value in ADDED_KEYS.items():
+    *sections, key = dotted.split(".")
+    node = config
+    for section in sections:
+      node = node.setdefault(section, {})
+    node.setdefault(key, value)
+  return ml_collections.ConfigDict(config)
 
 
 def load_run(run_dir: str) -> LoadedRun:

@@ -23,6 +23,10 @@ from nas_jax import supernet
 ALGORITHMS = ("enas", "random_ws", "fixed")
 RANDOM_SAMPLERS = ("uniform", "controller")
 SHARED_OPTIMIZERS = ("sgd", "adam")
+# The controller's entropy bonus: "cell" adds w * (entropy summed over the
+# cell's decisions) to one reward per cell (TF ENAS); "step" adds w * H_t to
+# a reward per decision t, with a baseline per decision (the authors').
+ENTROPY_BONUSES = ("cell", "step")
 
 
 class ConfigError(ValueError):
@@ -65,6 +69,7 @@ class Reinforce:
   # The authors': the EMA baseline and the validation pointer restart at
   # every controller phase (False: both carry over, as in TF ENAS).
   reset_each_phase: bool = True
+  entropy_bonus: str = "cell"  # One of ENTROPY_BONUSES.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +168,8 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
                            else c.steps_per_epoch),
           samples_per_step=c.samples_per_step, reward_c=c.reward_c,
           entropy_weight=c.entropy_weight, baseline_decay=c.baseline_decay,
-          lr=c.lr, reset_each_phase=bool(c.reset_each_phase)),
+          lr=c.lr, reset_each_phase=bool(c.reset_each_phase),
+          entropy_bonus=c.entropy_bonus),
       derive=Derive(num_cells=config.derive.num_cells,
                     chunk_size=config.derive.chunk_size,
                     every_epochs=config.derive.every_epochs,
@@ -184,6 +190,7 @@ def _check_values(config) -> tuple[int, ...]:
   _check_choice(config, "buffer.variant", buffer_lib.VARIANTS)
   _check_choice(config, "buffer.policy", buffer_lib.POLICIES)
   _check_choice(config, "derive.mode", controller.MODES)
+  _check_choice(config, "controller.entropy_bonus", ENTROPY_BONUSES)
   for key in _POSITIVE:
     _check_positive(config, key)
   if config.eval.max_windows < 0:

@@ -48,15 +48,16 @@ class TrainState(NamedTuple):
   ``carry`` is the supernet's hidden state per cell slot ``[M, B, H]``
   (carried across BPTT windows, reset when the train pointer wraps).
   ``baseline`` is the EMA of the controller's reward (entropy bonus
-  included); it is set to the first step's mean reward. ``buffer`` is the
-  memory buffer of stored cells (empty while ``buffer.variant`` is
-  ``"none"``).
+  included): ``float32[]``, or ``float32[2N-1]``, one per decision, with
+  ``reinforce.entropy_bonus == "step"``; it is set to the first step's mean
+  reward. ``buffer`` is the memory buffer of stored cells (empty while
+  ``buffer.variant`` is ``"none"``).
   """
   shared: supernet.Params
   shared_opt: Any
   ctrl: controller.Params
   ctrl_opt: Any
-  baseline: jax.Array  # float32[]
+  baseline: jax.Array  # float32[] (float32[2N-1] with a per-step bonus)
   key: jax.Array  # typed PRNG key
   epoch: jax.Array  # int32[]: completed epochs
   shared_step: jax.Array  # int32[]: shared steps done in the whole run
@@ -80,7 +81,9 @@ def shared_learning_rate(setup: Setup) -> Callable[[jax.Array], jax.Array]:
 
   SGD: ``lr * lr_decay ** max(0, epoch - lr_decay_start_epoch + 1)`` with
   ``epoch = step // steps_per_epoch`` (ENAS: x0.96 per epoch from epoch 15,
-  counting from 0). Adam: constant ``adam_lr`` (the authors' practice).
+  counting from 0; ``lr_decay_start_epoch`` 16 is the authors' code's SGD
+  timing, carpedm20's, which decays after each epoch from index 15 on).
+  Adam: constant ``adam_lr`` (the authors' practice).
   """
   s = setup.shared
   if s.optimizer == "adam":
@@ -128,7 +131,9 @@ def _init_state(seed: jax.Array, *, setup: Setup) -> TrainState:
       shared_opt=make_shared_optimizer(setup).init(shared),
       ctrl=ctrl,
       ctrl_opt=make_ctrl_optimizer(setup).init(ctrl),
-      baseline=jnp.zeros((), jnp.float32),
+      baseline=jnp.zeros(
+          (setup.ctrl.num_steps,) if setup.reinforce.entropy_bonus == "step"
+          else (), jnp.float32),
       key=key, epoch=zero(), shared_step=zero(), ctrl_step=zero(),
       train_pos=zero(), valid_pos=zero(),
       carry=jnp.zeros((setup.shared.cells_per_step, setup.shared.batch_size,
@@ -202,10 +207,16 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
   """One REINFORCE step of the controller on the next validation window.
 
   ``M`` cells sampled in train mode are scored together on the window (eval
-  mode, zero carry, so a reward depends only on its cell); reward
-  ``c / ppl + entropy_weight * entropy`` (entropy summed over the cell's
-  decisions, as ENAS), EMA baseline, loss ``-mean(sum log p * advantage)``
-  with the log-probabilities from the teacher-forced ``controller.score``.
+  mode, zero carry, so a reward depends only on its cell), with the
+  log-probabilities from the teacher-forced ``controller.score``. With
+  ``reinforce.entropy_bonus`` ``"cell"`` (TF ENAS): reward ``c / ppl +
+  entropy_weight * entropy`` (entropy summed over the cell's decisions), an
+  EMA baseline of the mean reward, loss ``-mean(sum_t log p_t * advantage)``.
+  With ``"step"`` (the authors', after carpedm20's ``entropy_mode
+  "reward"``): decision ``t`` has its own reward ``c / ppl + entropy_weight
+  * H_t`` and EMA baseline, loss ``-mean(sum_t log p_t * advantage_t)``; the
+  logged reward and baseline (and ``cell_rewards``) are then means over the
+  decisions.
   With ``reinforce.reset_each_phase`` (the authors') the baseline and the
   validation pointer restart at every controller phase's first step.
 
@@ -233,8 +244,12 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
                                    targets, config=setup.model)
   ppl = jnp.exp(log_ppl)
   entropy = jnp.sum(rollout.entropies, axis=-1)
-  reward = r.reward_c / ppl + r.entropy_weight * entropy
-  mean_reward = jnp.mean(reward)
+  per_step = r.entropy_bonus == "step"
+  if per_step:  # [M, 2N-1]: a reward per decision.
+    reward = r.reward_c / ppl[:, None] + r.entropy_weight * rollout.entropies
+  else:  # [M]
+    reward = r.reward_c / ppl + r.entropy_weight * entropy
+  mean_reward = jnp.mean(reward, axis=0)
   baseline = jnp.where(
       restart, mean_reward,
       r.baseline_decay * state.baseline + (1.0 - r.baseline_decay) * mean_reward)
@@ -244,7 +259,10 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
   def loss_fn(params):
     scored = controller.score(params, rollout.tokens, config=setup.ctrl,
                               mode="train")
-    pg = -jnp.mean(jnp.sum(scored.log_probs, axis=-1) * advantage)
+    if per_step:
+      pg = -jnp.mean(jnp.sum(scored.log_probs * advantage, axis=-1))
+    else:
+      pg = -jnp.mean(jnp.sum(scored.log_probs, axis=-1) * advantage)
     if not setup.buffer.enabled:
       return pg, jnp.zeros((), jnp.float32)
     replay = buffer_lib.replay_loss(params, replay_tokens, replay_mask,
@@ -262,11 +280,13 @@ def controller_step(state: TrainState, valid_data: jax.Array, *, setup: Setup
                                    valid_data.shape[0]),
       buffer=buf)
   return new_state, {
-      "loss": loss, "reward": mean_reward, "baseline": baseline,
+      "loss": loss, "reward": jnp.mean(mean_reward),
+      "baseline": jnp.mean(baseline),
       # Mean log ppl, not mean ppl: one overflowing cell (ppl inf in
       # float32 from log ppl ~89) must not make the logged value inf.
       "entropy": jnp.mean(entropy), "log_ppl": jnp.mean(log_ppl),
-      "cells": rollout.tokens, "cell_rewards": reward,
+      "cells": rollout.tokens,
+      "cell_rewards": jnp.mean(reward, axis=-1) if per_step else reward,
       "cell_log_ppl": log_ppl,
       "replay_loss": replay, "replay_weight": replay_weight,
       "buffer_size": buf.size}

@@ -221,11 +221,12 @@ def test_initial_carry_shape_is_checked(params):
 
 
 def _plain_unroll(params, config, mode, *, key=None, tokens=None, num=None,
-                  initial_carry=None):
+                  initial_carry=None, initial_input=None):
   """The plain controller, written out: at every step the LSTM on
-  ``[x; h] @ lstm_w`` with ``x`` the embedding of the previous token (zeros at
-  step 0), the padded masked head, and ``jax.random.categorical(fold_in(key,
-  t), logits)`` (or the given token). Returns a ``controller.Rollout``."""
+  ``[x; h] @ lstm_w`` with ``x`` the embedding of the previous token (at
+  step 0 ``initial_input``, zeros by default), the padded masked head, and
+  ``jax.random.categorical(fold_in(key, t), logits)`` (or the given token).
+  Returns a ``controller.Rollout``."""
   hidden = config.hidden_size
   sizes = search_space.decision_sizes(config.num_nodes)
   num = tokens.shape[0] if tokens is not None else num
@@ -233,7 +234,9 @@ def _plain_unroll(params, config, mode, *, key=None, tokens=None, num=None,
     c = h = jnp.zeros((num, hidden))
   else:
     c, h = (jnp.broadcast_to(a, (num, hidden)) for a in initial_carry)
-  x = jnp.zeros((num, hidden))
+  x = jnp.broadcast_to(
+      jnp.zeros(hidden) if initial_input is None else initial_input,
+      (num, hidden))
   out = {name: [] for name in controller.Rollout._fields}
   for t in range(config.num_steps):
     gates = jnp.concatenate([x, h], -1) @ params["lstm_w"] + params["lstm_b"]
@@ -334,6 +337,42 @@ def test_score_matches_the_plain_controller(params, rollout, mode, carry):
   want = _plain_unroll(params, CFG, mode, tokens=rollout.tokens,
                        initial_carry=initial_carry)
   _assert_rollouts_match(got, want)
+
+
+@pytest.mark.parametrize("mode,carry,per_cell", [
+    ("derive", "per_cell", True),  # What the authors' random-state probe does.
+    ("train", "zero", False), ("train", "zero", True)])
+def test_initial_input_matches_the_plain_controller(params, mode, carry,
+                                                    per_cell):
+  """Step 0 reads ``initial_input`` (``[H]``: the prefix tree still applies;
+  ``[num, H]``: one row per cell) in sample and score, as in the plain
+  formulation, and it changes the policy."""
+  initial_carry = _carries(carry, NUM, CFG.hidden_size)
+  shape = (NUM, CFG.hidden_size) if per_cell else (CFG.hidden_size,)
+  x0 = 3.0 * jax.random.normal(jax.random.key(8), shape)
+  key = jax.random.key(14)
+  got = controller.sample(params, key, NUM, config=CFG, mode=mode,
+                          initial_carry=initial_carry, initial_input=x0)
+  want = _plain_unroll(params, CFG, mode, key=key, num=NUM,
+                       initial_carry=initial_carry, initial_input=x0)
+  _assert_rollouts_match(got, want)
+  scored = controller.score(params, got.tokens, config=CFG, mode=mode,
+                            initial_carry=initial_carry, initial_input=x0)
+  _assert_rollouts_match(scored, want)
+  zero_input = controller.score(params, got.tokens, config=CFG, mode=mode,
+                                initial_carry=initial_carry)
+  assert np.abs(np.asarray(zero_input.entropies[:, 0])
+                - np.asarray(got.entropies[:, 0])).max() > 1e-3
+
+
+def test_zero_initial_input_is_the_default(params, rollout):
+  """An explicit zero input gives the default rollout."""
+  again = controller.sample(params, jax.random.key(1), NUM, config=CFG,
+                            initial_input=jnp.zeros((CFG.hidden_size,)))
+  _assert_rollouts_match(again, rollout)
+  with pytest.raises(ValueError, match="initial_input must have shape"):
+    controller.sample(params, jax.random.key(0), 2, config=CFG,
+                      initial_input=jnp.zeros((3, CFG.hidden_size)))
 
 
 def test_score_gradients_match_the_plain_controller(params, rollout):

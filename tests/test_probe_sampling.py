@@ -3,15 +3,21 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import experiments
+from experiments import probe
 from nas_jax import controller
+from nas_jax import data
+from nas_jax import probe_sampling
 from nas_jax import search_space
 from nas_jax import settings
 from nas_jax import steps
+
+from conftest import TOY_VOCAB
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +119,39 @@ def test_probe_of_a_directory_without_a_run_is_a_config_error(tmp_path):
   config.run_dir = str(tmp_path)
   with pytest.raises(settings.ConfigError, match="config.json"):
     module.run(config, None)
+
+
+def test_random_input_randomises_step_0_of_the_random_state_samples(toy_data):
+  """probe.random_input (the authors' probe): the random-state samples also
+  read a random step-0 input; every other array is the default's."""
+  config = experiments.get_config("smoke")[1]
+  setup = settings.make_setup(config, TOY_VOCAB)
+  state = steps.init_state(setup, config.seed)
+  window = data.window(toy_data, 0, setup.shared.bptt)
+  key = jax.random.key(5)
+  default, randomised = (
+      probe_sampling.sample_arm(state.ctrl, state.shared, key, 8, setup,
+                                window, 4, random_input)
+      for random_input in (False, True))
+  assert default.keys() == randomised.keys()
+  for name, value in default.items():
+    if name.startswith("random_init_"):
+      assert not np.allclose(value[:, 0], randomised[name][:, 0]), name
+    else:
+      np.testing.assert_array_equal(value, randomised[name], err_msg=name)
+
+
+def test_the_probe_passes_random_input_to_collect(monkeypatch, tmp_path):
+  """The probe section's random_input reaches probe_sampling.collect."""
+  seen = []
+
+  def collect(run, num_cells, seed, random_input):
+    seen.append(random_input)
+    raise InterruptedError  # Nothing after the sampling is needed.
+
+  monkeypatch.setattr(probe_sampling, "collect", collect)
+  for preset in ("smoke", "paper"):
+    config = experiments.get_config(f"probe:{preset}")[1]
+    with pytest.raises(InterruptedError):
+      probe.run_probe(config.probe, None, str(tmp_path))
+  assert seen == [False, True]

@@ -10,8 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+import experiments
 from nas_jax import files
 from nas_jax import rundir
+from nas_jax import settings
 
 
 class _State(NamedTuple):
@@ -144,6 +146,31 @@ def test_bind_config_ignores_the_mesh_and_defaults_added_keys(tmp_path):
   with pytest.raises(rundir.WorkdirMismatch,
                      match='model.compute_dtype: "float32" -> "bfloat16"'):
     rundir.bind_config(workdir, config)
+
+
+def test_a_run_directory_from_before_the_added_keys_binds_and_loads(
+    tmp_path):
+  """A config.json written without the ADDED_KEYS binds the current config
+  at their old values, and load_config fills them in for make_setup."""
+  config = experiments.get_config("enas_probe")[1]
+  old = config.to_dict()
+  for dotted in rundir.ADDED_KEYS:
+    section, key = dotted.split(".")
+    del old[section][key]
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / files.CONFIG_FILE).write_text(json.dumps(old))
+  assert rundir.bind_config(str(workdir), config) is False
+  loaded = rundir.load_config(str(workdir))
+  for dotted, value in rundir.ADDED_KEYS.items():
+    section, key = dotted.split(".")
+    assert loaded[section][key] == value == config[section][key], dotted
+  setup = settings.make_setup(loaded, 10_000)
+  assert setup.reinforce.entropy_bonus == "cell"
+  config.controller.entropy_bonus = "step"
+  with pytest.raises(rundir.WorkdirMismatch,
+                     match='controller.entropy_bonus: "cell" -> "step"'):
+    rundir.bind_config(str(workdir), config)
 
 
 def test_workdir_mismatch_is_a_value_error():
