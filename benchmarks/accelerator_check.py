@@ -8,7 +8,8 @@ as the last stdout line, one JSON object. In order (each step's programs
 compiled once, then reused):
 
 1. **Device**: ``device_kind``, ``device_count``, ``platform``,
-   ``jax_version``.
+   ``jax_version``, ``activation_form`` (``switch`` on a CPU, ``select``
+   elsewhere: ``supernet.activation``).
 2. **Paper size** (required): ``steps.run_window`` of ``--window`` fused
    ``steps.shared_step``s, then of as many ``steps.controller_step``s, on the
    ``enas_probe:paper`` setup (hidden ``--paper_hidden`` 1000, batch 64, BPTT
@@ -268,7 +269,10 @@ def device_info() -> dict:
   return {"device_kind": device.device_kind, "device_count": jax.device_count(),
           "platform": device.platform, "backend": jax.default_backend(),
           "jax_version": jax.__version__,
-          "allocator_tuned": runtime.allocator_tuned()}
+          "allocator_tuned": runtime.allocator_tuned(),
+          # supernet.activation's default form on this backend.
+          "activation_form": ("switch" if jax.default_backend() == "cpu"
+                              else "select")}
 
 
 def memory() -> dict:

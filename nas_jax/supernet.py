@@ -128,13 +128,30 @@ def num_params(params: Params) -> int:
 _ACTIVATION_FNS = (jnp.tanh, jax.nn.relu, lambda x: x, jax.nn.sigmoid)
 
 
-def activation(index: jax.Array, x: jax.Array) -> jax.Array:
+def activation(index: jax.Array, x: jax.Array, *,
+               select: bool | None = None) -> jax.Array:
   """``ACTIVATIONS[index](x)`` with ``index`` a traced int32 scalar.
 
-  ``lax.switch`` runs only the chosen branch (measured ~5-10% faster per
-  training step on CPU than selecting among all four); under ``vmap`` over
-  cells it becomes a select.
+  Two programs, the same values: ``lax.switch`` runs only the chosen branch
+  (measured ~5-10% faster per training step on the CPU than selecting among
+  all four); ``select`` computes all four and selects, with no conditional
+  in the program. On an H200 the conditional form was the slow one: a
+  single search's shared step at hidden 256 took 24 ms, the same step
+  ``vmap``-ed over one seed (where the switch becomes a select) 9.4 ms
+  (``benchmarks.accelerator_check``, 2026-11-29); the likely cause is the
+  step's 12 nodes x 35 time steps of conditionals, which the GPU runs one
+  branch decision at a time.
+
+  Args:
+    index: the activation's index, an int32 scalar.
+    x: the pre-activation.
+    select: ``True`` selects, ``False`` switches; ``None`` (the default)
+      switches on the CPU and selects on every other backend.
   """
+  if select is None:
+    select = jax.default_backend() != "cpu"
+  if select:
+    return jax.lax.select_n(index, *(fn(x) for fn in _ACTIVATION_FNS))
   return jax.lax.switch(index, _ACTIVATION_FNS, x)
 
 

@@ -377,3 +377,36 @@ def test_parameter_count_follows_the_pair_layout():
   p = supernet.init(jax.random.key(0), cfg)
   assert p["w_pairs"].shape == (10, 4, 8)
   assert supernet.num_params(p) == 11 * 4 + 11 + 2 * 4 * 8 + 10 * 4 * 8
+
+
+def test_select_and_switch_activations_are_the_same_function(
+    params, batch, monkeypatch):
+  """The accelerators' select (all four, no conditional) and the CPU's
+  switch give the same activations, loss and gradients; the default picks
+  the switch on the CPU and the select elsewhere."""
+  x = jnp.linspace(-3.0, 3.0, 13)
+  for index in range(4):
+    i = jnp.int32(index)
+    np.testing.assert_array_equal(supernet.activation(i, x, select=True),
+                                  supernet.activation(i, x, select=False))
+  inputs, carry = batch
+  targets = jnp.roll(inputs, 1, axis=0)
+  arch = jnp.asarray(_test_cells()[4].tokens())  # Every activation used.
+
+  def grads():  # A fresh function: traced anew under the patched backend.
+    return jax.jit(jax.value_and_grad(lambda p: supernet.loss(
+        p, arch, inputs, targets, carry, config=CFG)[0]))(params)
+
+  switched = grads()
+  jaxpr = str(jax.make_jaxpr(lambda p: supernet.loss(
+      p, arch, inputs, targets, carry, config=CFG))(params))
+  assert "cond[" in jaxpr  # The CPU default: lax.switch.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  jaxpr = str(jax.make_jaxpr(lambda p: supernet.loss(
+      p, arch, inputs, targets, carry, config=CFG))(params))
+  assert "cond[" not in jaxpr and "select_n" in jaxpr
+  selected = grads()
+  np.testing.assert_allclose(selected[0], switched[0], rtol=1e-6)
+  for name in params:
+    np.testing.assert_allclose(selected[1][name], switched[1][name],
+                               rtol=1e-5, atol=1e-7)
