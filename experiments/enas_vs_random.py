@@ -54,8 +54,7 @@ _OWN_KEYS = ("seeds", "density_cells", "proxy", "report_only", "seeds_mode")
 def get_config(preset: str = ""):
   config = common.search_config()
   # Sized for about an hour on a 2-core CPU with 5 seeds (see README).
-  config.train.epochs = 6
-  config.derive.every_epochs = 3
+  common.multi_seed_budget(config)
   config.seeds = (0, 1, 2, 3, 4)
   config.density_cells = 1000  # Per sampler (ENAS controller, uniform).
   config.proxy = ml_collections.ConfigDict({"num_cells": 8, "seed": 0})

@@ -49,8 +49,7 @@ def get_config(preset: str = ""):
   # The buffer stores from epoch 1 and replays from epoch 2
   # (common.search_config), so 4 of the 6 epochs (800 controller steps)
   # train with the replay loss.
-  config.train.epochs = 6
-  config.derive.every_epochs = 3
+  common.multi_seed_budget(config)
   config.seeds = (0, 1, 2, 3, 4, 5)
   config.arms = ("none", "clean")
   config.seeds_mode = "auto"  # or "stacked", "sequential" (common.stacked_seeds).

@@ -24,5 +24,6 @@ def run(config, workdir):
 
 def get_config(preset: str = ""):
   config = common.search_config()
+  common.multi_seed_budget(config)  # One enas_probe seed's budget.
   config.search.algorithm = "random_ws"
   return common.with_preset(config, preset)

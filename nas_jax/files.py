@@ -41,6 +41,11 @@ def run_dir(workdir: str, group: str, seed: int) -> str:
   return os.path.join(workdir, group, f"seed_{seed}")
 
 
+def seed_dir(workdir: str, seed: int) -> str:
+  """``WORKDIR/seed_SEED``: one seed's run of a multi-seed ``enas_probe``."""
+  return os.path.join(workdir, f"seed_{seed}")
+
+
 def atomic_write_text(path: str, text: str) -> None:
   """Writes ``text`` to ``path`` through a flushed temporary file."""
   tmp = path + ".tmp"

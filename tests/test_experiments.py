@@ -7,6 +7,7 @@ import pytest
 
 import experiments
 from experiments import common
+from experiments import enas_probe
 from nas_jax import rundir
 from nas_jax import settings
 
@@ -99,13 +100,15 @@ def test_presets_return_fresh_configs():
   experiments.get_config("enas_probe:smoke")
   config = experiments.get_config("enas_probe")[1]
   assert config.model.hidden_size == 128
-  assert config.train.epochs == 10
+  assert config.train.epochs == 6
 
 
 @pytest.mark.parametrize("preset", ("", ":paper", ":smoke"))
 def test_random_ws_differs_from_enas_probe_only_in_algorithm(preset):
-  """random_ws is enas_probe with search.algorithm = "random_ws"."""
-  enas, rs = _flat("enas_probe" + preset), _flat("random_ws" + preset)
+  """random_ws is one enas_probe seed with search.algorithm = "random_ws"."""
+  enas = rundir.flatten(enas_probe.run_config(
+      experiments.get_config("enas_probe" + preset)[1], 0).to_dict())
+  rs = _flat("random_ws" + preset)
   assert enas["search.algorithm"] == "enas"
   assert rs["search.algorithm"] == "random_ws"
   assert rundir.config_differences(enas, rs) == [
@@ -167,12 +170,29 @@ def test_resolved_configs_are_locked():
 
 
 def test_only_multi_seed_experiments_have_seeds():
-  """The smoke preset's seed list belongs to the experiments that run seeds."""
-  for name in ("enas_probe", "random_ws", "train_fixed", "smoke"):
-    assert "seeds" not in experiments.get_config(
-        name if name == "smoke" else f"{name}:smoke")[1]
+  """The smoke preset's seed list belongs to the experiments that run seeds;
+  enas_probe runs five by default, one in its smoke preset (CI's smoke)."""
+  for name in ("random_ws", "train_fixed"):
+    assert "seeds" not in experiments.get_config(f"{name}:smoke")[1]
   for name in ("memory_buffer", "enas_vs_random"):
     assert tuple(experiments.get_config(f"{name}:smoke")[1].seeds) == (0, 1)
+  assert tuple(experiments.get_config("enas_probe")[1].seeds) == (
+      0, 1, 2, 3, 4)
+  for spec in ("enas_probe:smoke", "smoke"):
+    assert tuple(experiments.get_config(spec)[1].seeds) == (0,)
+
+
+def test_enas_probe_refuses_a_seed_it_would_ignore(tmp_path):
+  """enas_probe runs config.seeds: --config.seed=3 is refused, naming the
+  flag that does it, before anything is written."""
+  module, config = experiments.get_config("enas_probe:smoke")
+  config.seed = 3
+  with pytest.raises(settings.ConfigError, match=r"--config.seeds=3,"):
+    module.run(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+  config.seed, config.seeds = 0, (1, 1)
+  with pytest.raises(settings.ConfigError, match="distinct integers"):
+    module.run(config, str(tmp_path / "run"))
 
 
 def test_unknown_preset_lists_the_valid_ones():

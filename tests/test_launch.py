@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import experiments
+from experiments import enas_probe
 from nas_jax import files
 from nas_jax import rundir
 
@@ -106,7 +107,7 @@ def test_print_config_prints_and_creates_nothing(tmp_path):
 def test_workdir_of_another_config_is_refused(tmp_path):
   """A workdir bound to another config exits 2 naming key, old and new value."""
   workdir = tmp_path / "run"
-  config = experiments.get_config("smoke")[1]
+  config = enas_probe.run_config(experiments.get_config("smoke")[1], 0)
   assert config.train.lr == 20.0
   assert rundir.bind_config(str(workdir), config)
   config_path = workdir / files.CONFIG_FILE

@@ -1,8 +1,9 @@
 """Figures of the reports (matplotlib, written as PNG files).
 
 The controller probe's (:func:`draw_all`), the memory buffer comparison's
-(:func:`encoding_scores`) and the ENAS vs random search comparison's
-(:func:`sampled_ppl_density`). Each function writes one PNG file into
+(:func:`encoding_scores`), the ENAS vs random search comparison's
+(:func:`sampled_ppl_density`) and the multi-seed probe's
+(:func:`across_seeds`). Each function writes one PNG file into
 ``fig_dir`` and returns its name (:func:`tsne` writes none, and returns None,
 below :data:`TSNE_MIN_CELLS` cells). Importing this module selects
 matplotlib's file-only backend, so the reports import it only when they
@@ -409,6 +410,38 @@ def encoding_scores(results, metrics, fig_dir):
   fig.suptitle("Carry (h, L2) vs graph metric: signed Spearman rho per seed "
                "(higher = more structure)", fontsize=10)
   return _save(fig, fig_dir, "encoding_score_by_arm.png")
+
+
+def across_seeds(results, fig_dir):
+  """The multi-seed probe (:mod:`nas_jax.analysis.across_seeds`): per seed,
+  untrained vs trained controller, the recency-controlled and the raw score
+  of h vs the primary metric, and the log10 policy conditioning."""
+  seeds = results["seeds"]
+  primary = results["primary_metric"]
+  arms = ("untrained", "trained")
+  panels = [
+      (f"h vs {primary}: partial rho given\nthe last decision (signed)",
+       lambda r: r["recency_score"]["h/l2"][primary]),
+      (f"h vs {primary}: raw rho (signed)",
+       lambda r: r["raw_score"][primary]),
+      ("policy conditioning: log10 mean KL\n>= 2 decisions after a change",
+       lambda r: math.log10(r["kl_beyond_last"])
+       if r["kl_beyond_last"] > 0 else math.nan)]
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2),
+                           squeeze=False)
+  for ax, (title, get) in zip(axes[0], panels):
+    for s in seeds:
+      run = results["runs"][str(s)]
+      ax.plot(range(2), [get(run[a]) for a in arms], "o-", alpha=0.7,
+              label=f"seed {s}")
+    ax.set_xticks(range(2), arms)
+    ax.set_xlim(-0.3, 1.3)
+    ax.set_title(title, fontsize=9)
+  for ax in axes[0][:2]:
+    ax.axhline(0.0, color="grey", lw=0.8)
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle("Trained vs untrained controller, paired by seed", fontsize=10)
+  return _save(fig, fig_dir, "across_seeds.png")
 
 
 def sampled_ppl_density(results, fig_dir, labels):
