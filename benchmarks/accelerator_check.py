@@ -80,6 +80,7 @@ from nas_jax import runtime
 from nas_jax import seeds as seeds_lib
 from nas_jax import settings
 from nas_jax import steps
+from nas_jax import supernet
 
 PAPER = "enas_probe:paper"
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -270,9 +271,8 @@ def device_info() -> dict:
           "platform": device.platform, "backend": jax.default_backend(),
           "jax_version": jax.__version__,
           "allocator_tuned": runtime.allocator_tuned(),
-          # supernet.activation's default form on this backend.
-          "activation_form": ("switch" if jax.default_backend() == "cpu"
-                              else "select")}
+          "activation_form": ("select" if supernet.selects_activation()
+                              else "switch")}
 
 
 def memory() -> dict:

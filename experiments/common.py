@@ -256,7 +256,8 @@ def multi_seed_budget(config: ml_collections.ConfigDict) -> None:
   """The per-seed search budget of the experiments that run several seeds
   (and of ``random_ws``, the baseline of one): 6 epochs of 40 shared and
   200 controller steps, a derive every 3 epochs; about 3 minutes a search
-  on a 2-core CPU. Presets override it."""
+  on a quiet 2-core CPU (memory_buffer's 12 took 36 min with their probes).
+  Presets override it."""
   config.train.epochs = 6
   config.derive.every_epochs = 3
 

@@ -19,6 +19,7 @@ one with the ``probe`` experiment) and the comparison over seeds is redone.
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 
@@ -39,8 +40,9 @@ _OWN_KEYS = ("seeds", "seeds_mode")
 def get_config(preset: str = ""):
   config = common.search_config()
   common.multi_seed_budget(config)
-  # Five searches are the fewest whose paired t-test over seeds has some
-  # power; about 20 minutes on a 2-core CPU. The smoke preset runs one.
+  # Five searches: the paired t-test over seeds has some power (the
+  # Wilcoxon test would need six to reach 0.05); sized for about 20 minutes
+  # on a quiet 2-core CPU (an estimate). The smoke preset runs one.
   config.seeds = (0, 1, 2, 3, 4)
   config.seeds_mode = "auto"  # or "stacked", "sequential" (common.stacked_seeds).
   return common.with_preset(config, preset, {"smoke": {"seeds": (0,)}})
@@ -51,8 +53,9 @@ def run_config(config, seed: int):
   return common.run_config(config, _OWN_KEYS, seed=seed)
 
 
-def _check(config) -> tuple[int, ...]:
+def _check(config, workdir) -> tuple[int, ...]:
   seeds = common.check_seeds(config.seeds)
+  common.stacked_seeds(config)  # Checks seeds_mode, even for one seed.
   if config.seed != 0:
     raise settings.ConfigError(
         f"config seed: this experiment runs the seeds of config.seeds "
@@ -63,11 +66,27 @@ def _check(config) -> tuple[int, ...]:
         "config seeds: several seeds do not run on several processes; run "
         "one seed per job (--config.seeds=N, --workdir=WORKDIR/seed_N), "
         "then this command on one process writes the comparison")
+  # Neither layout may write over the other's report.
+  if len(seeds) > 1 and os.path.exists(os.path.join(workdir,
+                                                    files.CONFIG_FILE)):
+    raise settings.ConfigError(
+        f"{workdir} holds one search ({files.CONFIG_FILE}); several seeds "
+        "would write their comparison over its report: use another "
+        "--workdir, or --config.seeds=S, to resume it (one made before "
+        "enas_probe ran seeds also needs --config.train.epochs=10 "
+        "--config.derive.every_epochs=5)")
+  if len(seeds) == 1 and any(
+      os.path.exists(os.path.join(d, files.CONFIG_FILE))
+      for d in glob.glob(files.seed_dir(glob.escape(workdir), "*"))):
+    raise settings.ConfigError(
+        f"{workdir} holds searches of several seeds (seed_S/); one seed "
+        "would run in its root and write over their comparison: use "
+        f"--workdir={files.seed_dir(workdir, seeds[0])}")
   return seeds
 
 
 def run(config, workdir):
-  seeds = _check(config)
+  seeds = _check(config, workdir)
   if len(seeds) == 1:
     loaded = train.train_and_evaluate(run_config(config, seeds[0]), workdir)
     results = probe.run_probe(config.probe, loaded, workdir, reuse=True)

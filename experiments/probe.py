@@ -1,6 +1,6 @@
 """``probe``: the controller probe of a search run.
 
-    python launch.py --experiment=probe --config.run_dir=runs/enas_probe
+    python launch.py --experiment=probe --config.run_dir=runs/enas_probe/seed_0
 
 Reads the run's latest checkpoint and writes report.md (the search's
 section, :mod:`nas_jax.analysis.search_report`, then the probe's), figures/,

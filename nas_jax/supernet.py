@@ -128,6 +128,12 @@ def num_params(params: Params) -> int:
 _ACTIVATION_FNS = (jnp.tanh, jax.nn.relu, lambda x: x, jax.nn.sigmoid)
 
 
+def selects_activation() -> bool:
+  """Whether :func:`activation` selects by default: on every backend but
+  the CPU."""
+  return jax.default_backend() != "cpu"
+
+
 def activation(index: jax.Array, x: jax.Array, *,
                select: bool | None = None) -> jax.Array:
   """``ACTIVATIONS[index](x)`` with ``index`` a traced int32 scalar.
@@ -145,11 +151,11 @@ def activation(index: jax.Array, x: jax.Array, *,
   Args:
     index: the activation's index, an int32 scalar.
     x: the pre-activation.
-    select: ``True`` selects, ``False`` switches; ``None`` (the default)
-      switches on the CPU and selects on every other backend.
+    select: ``True`` selects, ``False`` switches; ``None`` (the default):
+      :func:`selects_activation`.
   """
   if select is None:
-    select = jax.default_backend() != "cpu"
+    select = selects_activation()
   if select:
     return jax.lax.select_n(index, *(fn(x) for fn in _ACTIVATION_FNS))
   return jax.lax.switch(index, _ACTIVATION_FNS, x)

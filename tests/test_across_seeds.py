@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nas_jax import files
+from nas_jax import settings
 from nas_jax.analysis import across_seeds
 from nas_jax.analysis import probe_analysis
 
@@ -118,7 +119,7 @@ def test_read_run_signs_scores_and_refuses_probes_without_controls(tmp_path):
   assert run["untrained"]["kl_beyond_last"] == 1e-6
   assert "derived" not in run  # No best_arch.json.
   _write_probe(str(tmp_path / "b"), with_controls=False)
-  with pytest.raises(ValueError, match="--experiment=probe"):
+  with pytest.raises(settings.ConfigError, match="--experiment=probe"):
     across_seeds.read_run(str(tmp_path / "b"))
 
 
@@ -130,3 +131,48 @@ def test_report_and_figure_are_written(tmp_path):
   assert (tmp_path / files.FIGURES_DIR / "across_seeds.png").stat().st_size
   saved = json.loads((tmp_path / files.RESULTS_FILE).read_text())
   assert saved["verdicts"] == results["verdicts"]
+
+
+def test_training_that_removes_structure_is_the_claims_side_with_numbers():
+  """Trained scores below untrained in every seed: claim 3 is consistent,
+  and the verdict counts the tests that fall and gives the trained score's
+  own one-sample test."""
+  runs = _runs(0.0, 1e-6, untrained_score=0.1, seed=2)
+  results = across_seeds.compare(runs, SEEDS, num_bootstrap=500)
+  text = results["verdicts"]["claim3"]
+  assert text.startswith("Consistent with the claim: training does not raise")
+  assert "of 15 tests it lowers it" in text
+  own = results["claim3"]["trained_recency_score"]
+  assert own["n"] == 5 and abs(own["mean_difference"]) < 0.01
+  assert "The trained score itself, against 0" in text
+
+
+def test_a_seed_without_a_number_is_dropped_and_left_out_of_holm():
+  """A NaN score (an untestable correlation) drops that seed from its
+  comparison; a test with no p stays NaN and does not count in Holm."""
+  runs = _runs(0.2, 1e-5)
+  runs[3]["trained"]["recency_score"]["h/l2"]["wl_kernel"] = float("nan")
+  for s in SEEDS[1:]:  # One seed left: no test possible for this one.
+    runs[s]["untrained"]["recency_score"]["c/l2"]["jaccard_edges"] = float(
+        "nan")
+  results = across_seeds.compare(runs, SEEDS, num_bootstrap=200)
+  rec = results["claim3"]["recency_score"]
+  assert rec["h/l2"]["wl_kernel"]["n"] == 4
+  assert rec["h/l2"]["wl_kernel"]["dropped"] == 1
+  untestable = rec["c/l2"]["jaccard_edges"]
+  assert untestable["n"] == 1 and np.isnan(untestable["p_holm"])
+  # Holm over the 14 testable ones: the smallest p times 14 at most.
+  ps = [rec[v][m]["p_t"] for v in across_seeds.VIEWS
+        for m in across_seeds.METRICS if np.isfinite(rec[v][m]["p_t"])]
+  assert len(ps) == 14
+  smallest = min(range(14), key=lambda i: ps[i])
+  finite = [rec[v][m] for v in across_seeds.VIEWS
+            for m in across_seeds.METRICS if np.isfinite(rec[v][m]["p_t"])]
+  assert finite[smallest]["p_holm"] == pytest.approx(min(1.0, 14 * ps[smallest]))
+
+
+def test_seeds_probed_with_different_cell_counts_are_refused():
+  runs = _runs(0.2, 1e-5)
+  runs[4]["num_cells"] = 1000
+  with pytest.raises(settings.ConfigError, match="seed 4: K = 1000"):
+    across_seeds.compare(runs, SEEDS, num_bootstrap=100)

@@ -8,6 +8,7 @@ import experiments
 from experiments import enas_probe
 from nas_jax import files
 from nas_jax import rundir
+from nas_jax import settings
 from nas_jax.analysis import across_seeds
 
 
@@ -97,3 +98,28 @@ def test_seeds_mode_batches_the_searches(mode, expected, monkeypatch,
   with pytest.raises(_Stop):
     enas_probe.run(config, str(tmp_path))
   assert calls == expected
+
+
+def test_neither_layout_writes_over_the_other(tmp_path):
+  """Several seeds refuse a workdir that holds one search, and one seed
+  refuses a workdir of several (each would write over the other's
+  report); both say what to pass instead, before anything is written."""
+  one = tmp_path / "one"
+  one.mkdir()
+  (one / files.CONFIG_FILE).write_text("{}")
+  with pytest.raises(settings.ConfigError, match="--config.seeds=S,"):
+    enas_probe.run(_config((0, 1)), str(one))
+  assert sorted(p.name for p in one.iterdir()) == [files.CONFIG_FILE]
+  many = tmp_path / "many"
+  os.makedirs(files.seed_dir(str(many), 1))
+  with open(os.path.join(files.seed_dir(str(many), 1), files.CONFIG_FILE),
+            "w") as f:
+    f.write("{}")
+  with pytest.raises(settings.ConfigError,
+                     match=f"--workdir={files.seed_dir(str(many), 2)}"):
+    enas_probe.run(_config((2,)), str(many))
+  assert sorted(p.name for p in many.iterdir()) == ["seed_1"]
+  config = _config((2,))
+  config.seeds_mode = "parallel"
+  with pytest.raises(settings.ConfigError, match="seeds_mode"):
+    enas_probe.run(config, str(tmp_path / "new"))

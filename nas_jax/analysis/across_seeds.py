@@ -18,7 +18,9 @@ on counts of significant tests.
   (:func:`nas_jax.analysis.recency.partial_mantel`), signed so that larger
   means "closer carries for more similar cells". Holm's correction runs over
   the ``3 x 5`` paired t-tests. The raw score (h, L2, no control) is
-  reported beside it.
+  reported beside it, and the trained controller's own score against 0
+  (does its carry hold structure beyond the last decision at all, whatever
+  training did?).
 * **Claim 4** (the policy does not condition on past decisions): the
   probe's policy conditioning, the mean KL of the later steps' distributions
   at least 2 decisions after a changed one
@@ -31,10 +33,11 @@ Outputs (``write_outputs``): ``report.md``, ``results.json`` and
 ``figures/across_seeds.png`` in the experiment's directory; each seed's own
 run directory keeps its full report. ``results.json`` holds ``seeds``,
 ``alpha``, ``num_cells`` (per seed), ``runs`` (seed -> the numbers read
-from that run), ``claim3`` (``recency_score`` and ``raw_score``: view ->
-metric -> paired comparison, with ``p_holm`` on the recency-controlled
-ones), ``claim4`` (``log10_kl``, ``entropy_share``: paired comparisons),
-``verdicts`` and ``timing``.
+from that run), ``claim3`` (``recency_score``: view -> metric -> paired
+comparison, with ``p_holm``; ``raw_score``: metric -> paired comparison;
+``trained_recency_score``: the trained controller's score of h vs the
+primary metric against 0, one-sample), ``claim4`` (``log10_kl``,
+``entropy_share``: paired comparisons), ``verdicts`` and ``timing``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nas_jax import files
+from nas_jax import settings
 from nas_jax.analysis import paired
 from nas_jax.analysis import probe_analysis
 from nas_jax.analysis import recency
@@ -58,7 +62,7 @@ MAIN_VIEW = f"{probe_analysis.MAIN_CARRY}/{probe_analysis.MAIN_DISTANCE}"
 # The metric the report leads with (it sees prev and act tokens both).
 PRIMARY = "aligned_edit_distance"
 # Policy conditioning is measured this many decisions after the change.
-_BEYOND = 2
+BEYOND = probe_analysis.CONDITIONING_BEYOND
 
 
 def _sign(name: str) -> float:
@@ -70,18 +74,19 @@ def read_run(directory: str) -> dict[str, Any]:
   """The numbers this comparison needs from one probed search run.
 
   Raises:
-    ValueError: the run's probe predates the recency controls or the policy
-      conditioning (re-probe it: ``--experiment=probe``).
+    settings.ConfigError: the run's probe predates the recency controls or
+      the policy conditioning (re-probe it: ``--experiment=probe``).
   """
   num = reports.float_or_nan
   probe = files.read_json(os.path.join(directory, files.RESULTS_FILE))
   arms = probe["arms"]
   if any("recency" not in arms[a] or "conditioning" not in arms[a]
          for a in probe_analysis.ARMS):
-    raise ValueError(
+    raise settings.ConfigError(
         f"{directory}: its probe has no recency controls or policy "
         "conditioning (probed by an older version); re-probe it with "
-        f"python launch.py --experiment=probe --config.run_dir={directory}")
+        "python launch.py --experiment=probe[:PRESET, the experiment's] "
+        f"--config.run_dir={directory}")
   run: dict[str, Any] = {"num_cells": probe["num_cells"]}
   for arm in probe_analysis.ARMS:
     a = arms[arm]
@@ -115,12 +120,24 @@ def compare(runs: dict[int, dict[str, Any]], seeds: Sequence[int], *,
             num_bootstrap: int = 10_000, seed: int = 0) -> dict[str, Any]:
   """Paired comparisons trained vs untrained over ``seeds`` (see module doc).
 
+  Raises:
+    settings.ConfigError: the seeds were probed with different numbers of
+      cells (re-probe the odd ones with the same preset).
+
   Args:
     runs: seed -> :func:`read_run`'s numbers.
     seeds: the seeds, in report order (at least one).
     num_bootstrap: bootstrap resamples of the seeds per CI.
     seed: seed of the bootstrap stream.
   """
+  sizes = {runs[s]["num_cells"] for s in seeds}
+  if len(sizes) > 1:
+    raise settings.ConfigError(
+        "the seeds' probes have different numbers of cells ("
+        + ", ".join(f"seed {s}: K = {runs[s]['num_cells']}" for s in seeds)
+        + "); re-probe the odd ones with the experiment's preset "
+        "(--experiment=probe:PRESET --config.run_dir=WORKDIR/seed_S)")
+
   def pair(get):
     return paired.paired_comparison(
         [get(runs[s]["untrained"]) for s in seeds],
@@ -134,9 +151,15 @@ def compare(runs: dict[int, dict[str, Any]], seeds: Sequence[int], *,
       "raw_score": {name: pair(lambda r, n=name: r["raw_score"][n])
                     for name in METRICS}}
   tests = [claim3["recency_score"][v][n] for v in VIEWS for n in METRICS]
-  for test, adjusted in zip(tests, recency.holm(
-      [t["p_t"] if np.isfinite(t["p_t"]) else 1.0 for t in tests])):
+  # Untestable ones (p NaN) stay NaN and do not count in Holm's m.
+  for test, adjusted in zip(tests, recency.holm([t["p_t"] for t in tests])):
     test["p_holm"] = float(adjusted)
+  # Structure beyond the last decision at all, whatever training did: the
+  # trained controller's own score against 0 (one-sample, over seeds).
+  claim3["trained_recency_score"] = paired.paired_comparison(
+      np.zeros(len(seeds)),
+      [runs[s]["trained"]["recency_score"][MAIN_VIEW][PRIMARY] for s in seeds],
+      num_bootstrap=num_bootstrap, seed=seed)
   # Extra KL of the trained policy as a share of its mean step entropy,
   # against 0 (the paired comparison of 0 and the shares is the one-sample
   # test of the shares).
@@ -191,13 +214,16 @@ def claim3_verdict(results) -> str:
                 if np.isfinite(t[2]["mean_difference"]) else -1.0)
   main = rec[MAIN_VIEW][PRIMARY]
   raw = results["claim3"]["raw_score"][PRIMARY]
+  own = results["claim3"]["trained_recency_score"]
   numbers = (
       f"For h vs {PRIMARY}, the recency-controlled score (partial rho given "
       f"the last decision, signed) is {reports.number(main['mean_b'], '+.3f')} "
       f"trained and {reports.number(main['mean_a'], '+.3f')} untrained on "
       f"average: trained - untrained = {_ci(main)}, paired t p = "
       f"{_p(main['p_t'])}, Holm p = {_p(main['p_holm'])} ({n} seeds); "
-      f"without the control the raw score moves by {_ci(raw)}. The largest "
+      f"without the control the raw score moves by {_ci(raw)}. The trained "
+      f"score itself, against 0: {_ci(own)}, one-sample t p = "
+      f"{_p(own['p_t'])}. The largest "
       f"mean difference of the {len(tests)} carry x metric tests is "
       f"{largest[0].split('/')[0]} vs {largest[1]}: {_ci(largest[2])} "
       f"(Holm p = {_p(largest[2]['p_holm'])}).")
@@ -233,7 +259,7 @@ def claim4_verdict(results) -> str:
   higher = sum(1 for d in c["differences"] if d > 0)
   numbers = (
       f"Teacher forced, changing a decision moves the later steps' "
-      f"distributions, at least {_BEYOND} decisions on, by a mean KL "
+      f"distributions, at least {BEYOND} decisions on, by a mean KL "
       f"{reports.number(10 ** c['mean_difference'], '.3g')}x the untrained "
       f"controller's (geometric mean over seeds; log10 ratio {_ci(c)}, "
       f"paired t p = {_p(c['p_t'])}, Wilcoxon p = {_p(c['p_wilcoxon'])}; "
@@ -302,7 +328,7 @@ def _conditioning_table(results) -> str:
         reports.number((t["kl_beyond_last"] - u["kl_beyond_last"])
                        / t["mean_step_entropy"], ".2g")])
   return reports.markdown_table(
-      ["seed", f"KL trained (distance >= {_BEYOND})", "KL untrained",
+      ["seed", f"KL trained (distance >= {BEYOND})", "KL untrained",
        "ratio", "KL trained (distance 1)", "KL untrained (distance 1)",
        "trained mean step entropy (nats)", "extra KL / entropy"], rows)
 
@@ -349,8 +375,10 @@ Each seed's own report (tests over cells) is in `seed_SEED/report.md`.
 Rules: claim 3 is contradicted when some carry x metric's
 recency-controlled score is higher for the trained controller, paired over
 seeds, with a Holm-adjusted paired t p < {ALPHA} over the
-{len(VIEWS) * len(METRICS)} tests and a CI above 0; claim 4 when the
-trained policy's log10 mean KL at least {_BEYOND} decisions after a changed
+{len(VIEWS) * len(METRICS)} tests and a CI above 0 (a verdict on what
+training adds; whether the trained carry holds structure beyond its last
+decision at all is the one-sample number in its text); claim 4 when the
+trained policy's log10 mean KL at least {BEYOND} decisions after a changed
 one is higher with paired t p < {ALPHA} and a CI above 0.
 
 ![across seeds](figures/{fig})

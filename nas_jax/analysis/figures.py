@@ -421,10 +421,11 @@ def across_seeds(results, fig_dir):
   arms = ("untrained", "trained")
   panels = [
       (f"h vs {primary}: partial rho given\nthe last decision (signed)",
-       lambda r: r["recency_score"]["h/l2"][primary]),
+       lambda r: r["recency_score"][f"{probe_analysis.MAIN_CARRY}/{probe_analysis.MAIN_DISTANCE}"][primary]),
       (f"h vs {primary}: raw rho (signed)",
        lambda r: r["raw_score"][primary]),
-      ("policy conditioning: log10 mean KL\n>= 2 decisions after a change",
+      ("policy conditioning: log10 mean KL\n"
+       f">= {probe_analysis.CONDITIONING_BEYOND} decisions after a change",
        lambda r: math.log10(r["kl_beyond_last"])
        if r["kl_beyond_last"] > 0 else math.nan)]
   fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2),

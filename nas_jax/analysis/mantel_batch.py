@@ -173,17 +173,8 @@ class AllPairsNulls:
     :func:`resampling.cell_permutations`). ``workers`` threads share the
     permutations (numpy and BLAS release the GIL); every permutation's
     numbers are the same for any ``workers``."""
-    inv = inverse_permutations(perms)
-    chunks = [inv[s:s + _ALL_CHUNK]
-              for s in range(0, inv.shape[0], _ALL_CHUNK)]
-    if workers > 1 and len(chunks) > 1:
-      with futures.ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(self._chunk, chunks))
-    else:
-      parts = [self._chunk(c) for c in chunks]
-    if not parts:
-      return np.full((0, self.zv.shape[1], self.num_metrics, 2), np.nan)
-    return np.concatenate(parts)
+    return _chunked(self._chunk, inverse_permutations(perms), workers,
+                    (self.zv.shape[1], self.num_metrics, 2))
 
   def _chunk(self, inv: np.ndarray) -> np.ndarray:
     """:meth:`__call__` for the inverse permutations ``inv`` ``[P, K]``."""
@@ -221,6 +212,23 @@ class AllPairsNulls:
         for q, b in enumerate(ranked):
           out[:, :, b, 1] = acc_r[:, q]
       return out
+
+
+def _chunked(fn, perms: np.ndarray, workers: int, shape: tuple[int, ...]
+             ) -> np.ndarray:
+  """``fn`` over chunks of :data:`_ALL_CHUNK` permutations (rows of
+  ``perms``), on ``workers`` threads, concatenated; an empty
+  ``[0, *shape]`` array for no permutations."""
+  chunks = [perms[s:s + _ALL_CHUNK]
+            for s in range(0, perms.shape[0], _ALL_CHUNK)]
+  if workers > 1 and len(chunks) > 1:
+    with futures.ThreadPoolExecutor(workers) as pool:
+      parts = list(pool.map(fn, chunks))
+  else:
+    parts = [fn(c) for c in chunks]
+  if not parts:
+    return np.full((0, *shape), np.nan)
+  return np.concatenate(parts)
 
 
 class CarryGatherNulls:
@@ -264,17 +272,8 @@ class CarryGatherNulls:
     """Nulls ``float64[n, X, T]`` for cell permutations ``perms``
     ``int[n, K]``; ``workers`` threads share them (every permutation's
     numbers are the same for any ``workers``)."""
-    perms = np.asarray(perms, dtype=np.int64)
-    chunks = [perms[s:s + _ALL_CHUNK]
-              for s in range(0, perms.shape[0], _ALL_CHUNK)]
-    if workers > 1 and len(chunks) > 1:
-      with futures.ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(self._chunk, chunks))
-    else:
-      parts = [self._chunk(c) for c in chunks]
-    if not parts:
-      return np.full((0, self.num_carries, self.metrics.shape[1]), np.nan)
-    return np.concatenate(parts)
+    return _chunked(self._chunk, np.asarray(perms, dtype=np.int64), workers,
+                    (self.num_carries, self.metrics.shape[1]))
 
   def _chunk(self, perms: np.ndarray) -> np.ndarray:
     """:meth:`__call__` for ``perms`` ``[P, K]``."""

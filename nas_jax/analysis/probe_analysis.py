@@ -115,6 +115,9 @@ PCA_COMPONENTS = 10
 # prefixes (the read decisions without the last k) and its carry views.
 WHOLE_METRICS = tuple(n for n in METRICS if n not in SUBSET_METRICS)
 RECENCY_KS = (1, 2, 4)
+# Claim 4's policy conditioning: the KL this many decisions or more after
+# the changed one (beyond the decision just read).
+CONDITIONING_BEYOND = 2
 RECENCY_VIEWS = tuple(f"{c}/l2" for c in CARRIES)
 # The shuffled-cells control (pairwise.permuted_pairs_control): its key while
 # it is computed with the carries, and its number of permutations (that
@@ -377,7 +380,7 @@ def _conditioning(raw, arm) -> dict[str, Any]:
   positions = np.asarray(raw["conditioning_positions"])
   curve = policy_probe.kl_by_distance(kl, positions)
   dist = np.arange(kl.shape[2])[None, :] - positions[:, None]
-  beyond = kl[:, dist >= 2].mean(axis=1)
+  beyond = kl[:, dist >= CONDITIONING_BEYOND].mean(axis=1)
   return {"curve": {k: np.asarray(v).tolist() for k, v in curve.items()},
           "beyond_last_mean": float(beyond.mean()),
           "beyond_last_median": float(np.median(beyond)),
