@@ -41,8 +41,8 @@ def get_config(preset: str = ""):
   config = common.search_config()
   common.multi_seed_budget(config)
   # Five searches: the paired t-test over seeds has some power (the
-  # Wilcoxon test would need six to reach 0.05); sized for about 20 minutes
-  # on a quiet 2-core CPU (an estimate). The smoke preset runs one.
+  # Wilcoxon test would need six to reach 0.05); 21 minutes on a quiet
+  # 2-core CPU (README). The smoke preset runs one.
   config.seeds = (0, 1, 2, 3, 4)
   config.seeds_mode = "auto"  # or "stacked", "sequential" (common.stacked_seeds).
   return common.with_preset(config, preset, {"smoke": {"seeds": (0,)}})
