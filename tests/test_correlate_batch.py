@@ -44,6 +44,12 @@ def _on_pairs(k, pairs, seed):
   return m
 
 
+def _three_metrics():
+  """Two integer metrics and a continuous one (L2 of random points)."""
+  return [_integer_metric(K, 1), _integer_metric(K, 2),
+          pairwise.pairwise_l2(np.random.default_rng(3).normal(size=(K, 2)))]
+
+
 @pytest.mark.parametrize("block,chunk", [(50, 7), (1 << 10, 32)])
 def test_all_pairs_nulls_match_mantel_all_pairs(block, chunk, monkeypatch):
   # Small tiles: many blocks of pairs (the last one short) and chunks of
@@ -51,9 +57,7 @@ def test_all_pairs_nulls_match_mantel_all_pairs(block, chunk, monkeypatch):
   monkeypatch.setattr(mantel_batch, "_ALL_BLOCK", block)
   monkeypatch.setattr(mantel_batch, "_ALL_CHUNK", chunk)
   carries = _carries(K, seed=0)
-  metrics = [_integer_metric(K, 1), _integer_metric(K, 2),
-             pairwise.pairwise_l2(np.random.default_rng(3).normal(
-                 size=(K, 2)))]
+  metrics = _three_metrics()
   i, j = pairwise.pairs_index(K)
   s = resampling.standardise
   metric_ranks = np.stack([s(sp_stats.rankdata(m[i, j])) for m in metrics])
@@ -83,9 +87,7 @@ def test_carry_gather_nulls_match_mantel_all_pairs(block, chunk,
   monkeypatch.setattr(mantel_batch, "_ALL_BLOCK", block)
   monkeypatch.setattr(mantel_batch, "_ALL_CHUNK", chunk)
   carries = _carries(K, seed=0) + _carries(K, seed=5)[:2]
-  metrics = [_integer_metric(K, 1), _integer_metric(K, 2),
-             pairwise.pairwise_l2(np.random.default_rng(3).normal(
-                 size=(K, 2)))]
+  metrics = _three_metrics()
   i, j = pairwise.pairs_index(K)
   s = resampling.standardise
   zx = np.stack([s(sp_stats.rankdata(a[i, j])) for a in carries])
