@@ -125,6 +125,59 @@ def test_cell_subset_nulls_match_the_subset_path(ties):
   np.testing.assert_allclose(got, ref, atol=1e-13)
 
 
+def _subset_reference(a, y, cells, perms):
+  """:func:`resampling.mantel_subset` on the pairs among ``cells``."""
+  i, j = pairwise.pairs_index(a.shape[0])
+  keep = cells[i] & cells[j]
+  si, sj = i[keep], j[keep]
+  return resampling.mantel_subset(a, y[si, sj], sp_stats.rankdata(y[si, sj]),
+                                  si, sj, perms)
+
+
+@pytest.mark.parametrize("outside", [[], [4], list(range(1, K, 2)),
+                                     list(range(K - 4))])
+def test_cell_subset_nulls_removed_cells(outside):
+  """No removed cell (|R| = 0), one, half of them (many pairs among them)
+  and all but four (6 pairs left), with a tied carry."""
+  a = _carries(K, seed=28)[2]
+  ppl = np.exp(np.random.default_rng(29).normal(size=K))
+  ppl[outside] = np.inf
+  cells = np.isfinite(ppl)
+  p0 = np.where(cells, ppl, 0.0)
+  y = np.abs(p0[:, None] - p0[None, :])
+  perms = resampling.cell_permutations(40, K, np.random.default_rng(30))
+  nulls = mantel_batch.CellSubsetNulls(a, y, cells)
+  got = nulls(perms, workers=2)
+  np.testing.assert_allclose(got, _subset_reference(a, y, cells, perms),
+                             atol=1e-13)
+  np.testing.assert_array_equal(nulls(perms, workers=1), got)
+  assert nulls(perms[:0]).shape == (0, 2)
+
+
+def test_cell_subset_nulls_nan_where_the_carry_is_constant():
+  """Three cells left: their 3 pairs often take one carry value, and both
+  nulls are NaN there, as the reference's. The carry is 0 or 1, half each,
+  so every sum is exact and the reference's norm exactly 0."""
+  k = 12
+  i, j = pairwise.pairs_index(k)
+  values = np.zeros(i.size)
+  values[np.random.default_rng(31).choice(i.size, i.size // 2,
+                                          replace=False)] = 1.0
+  a = np.zeros((k, k))
+  a[i, j] = a[j, i] = values
+  cells = np.isin(np.arange(k), [1, 4, 9])
+  y = pairwise.pairwise_l2(np.random.default_rng(32).normal(size=(k, 2)))
+  perms = resampling.cell_permutations(100, k, np.random.default_rng(33))
+  nulls = mantel_batch.CellSubsetNulls(a, y, cells)
+  got = nulls(perms)
+  ref = _subset_reference(a, y, cells, perms)
+  assert 0 < np.isnan(ref[:, 0]).sum() < len(perms)
+  np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+  np.testing.assert_allclose(got, ref, atol=1e-13)
+  with pytest.raises(ValueError, match="permutations"):
+    nulls(np.zeros((1, k), dtype=int))  # Unchecked indices otherwise.
+
+
 def test_subset_nulls_match_one_metric_at_a_time():
   a = _carries(K, seed=8)[0]
   i, j = pairwise.pairs_index(K)
@@ -162,6 +215,75 @@ def test_shared_bootstrap_matches_bootstrap_over_cells(carry):
         resampling.rng(3, 1))
     np.testing.assert_array_equal(np.isnan(got[name]), np.isnan(ref))
     np.testing.assert_allclose(got[name], ref, atol=1e-13)
+
+
+def _bootstrap_references(a, metrics, k, n, seed):
+  """name -> :func:`resampling.bootstrap_over_cells` on the metric's pairs."""
+  i, j = pairwise.pairs_index(k)
+  out = {}
+  for name, (y, cells) in metrics.items():
+    keep = np.ones(i.size, bool) if cells is None else cells[i] & cells[j]
+    out[name] = resampling.bootstrap_over_cells(
+        a[i[keep], j[keep]], y[i[keep], j[keep]], i[keep], j[keep], k, n,
+        resampling.rng(seed, 1))
+  return out
+
+
+@pytest.mark.parametrize("carry", [0, 2])  # Without and with ties.
+def test_shared_bootstrap_ties_subsets_and_degenerate_resamples(carry):
+  """Ordered metrics with ties, histogram and ordered metrics on cell
+  subsets, and resamples where the carry or the metric has fewer than 2
+  distinct values with weight (NaN); the same numbers for any workers."""
+  a = _carries(K, seed=28)[carry]
+  rng = np.random.default_rng(29)
+  rounded = np.round(30.0 * pairwise.pairwise_l2(rng.normal(size=(K, 3))))
+  some = rng.random(K) < 0.7
+  four, three = np.arange(K) < 4, (np.arange(K) >= 4) & (np.arange(K) < 7)
+  one_pair = np.zeros((K, K))
+  one_pair[0, 1] = one_pair[1, 0] = 1.0
+  metrics = {"rounded": (rounded, None),            # Ordered, with ties.
+             "rounded_some": (rounded, some),
+             "int_some": (_integer_metric(K, 30), some),  # Histograms.
+             "one_pair": (one_pair, None),          # Histograms, 2 values.
+             "one_pair_four": (one_pair, four),     # Ordered, tied.
+             "three": (_integer_metric(K, 31), three)}
+  i, j = pairwise.pairs_index(K)
+  # Ranked in its own order (many distinct values), and with ties.
+  fraction = bootstrap_batch._ORDERED_FRACTION
+  assert fraction * i.size < np.unique(rounded[i, j]).size < i.size
+  n = 120
+  chunks = list(resampling.bootstrap_count_chunks(K, n, resampling.rng(3, 1)))
+  got = {}
+  for workers in (1, 3):
+    shared = bootstrap_batch.SharedBootstrap(a, metrics, workers=workers)
+    got[workers] = {m: np.concatenate([shared(c)[m] for c in chunks])
+                    for m in metrics}
+  ref = _bootstrap_references(a, metrics, K, n, seed=3)
+  for name in metrics:
+    np.testing.assert_array_equal(got[1][name], got[3][name])
+    np.testing.assert_array_equal(np.isnan(got[1][name]),
+                                  np.isnan(ref[name]), err_msg=name)
+    np.testing.assert_allclose(got[1][name], ref[name], atol=1e-13,
+                               err_msg=name)
+  for name in ("one_pair", "one_pair_four", "three"):  # Some, not all.
+    assert 0 < np.isnan(ref[name][:, 1]).sum() < n, name
+
+
+def test_shared_bootstrap_at_a_few_hundred_cells():
+  """K = 300: pair indices past 2^16 and ranks beyond int16."""
+  k = 300
+  rng = np.random.default_rng(32)
+  a = pairwise.pairwise_l2(rng.normal(size=(k, 4)))
+  cells = np.ones(k, bool)
+  cells[:3] = False
+  metrics = {"int": (_integer_metric(k, 33), None),
+             "cont": (pairwise.pairwise_l2(rng.normal(size=(k, 2))), cells)}
+  shared = bootstrap_batch.SharedBootstrap(a, metrics, workers=2)
+  chunks = list(resampling.bootstrap_count_chunks(k, 6, resampling.rng(4, 1)))
+  got = {m: np.concatenate([shared(c)[m] for c in chunks]) for m in metrics}
+  ref = _bootstrap_references(a, metrics, k, 6, seed=4)
+  for name in metrics:
+    np.testing.assert_allclose(got[name], ref[name], atol=1e-13, rtol=0)
 
 
 def test_joint_codes_number_the_distinct_combinations():

@@ -59,3 +59,28 @@ def test_bootstrap_weights_match_explicit_resamples():
                                    abs=1e-10)
     assert row[1] == pytest.approx(sp_stats.spearmanr(xs, ys).statistic,
                                    abs=1e-10)
+
+
+@pytest.mark.parametrize("shape,axis,high", [
+    ((2000,), -1, None),     # continuous, no ties
+    ((3000,), 0, 7),         # heavy ties
+    ((6, 50), 1, None),      # rows without ties
+    ((6, 50), 1, 5),         # rows with ties
+    ((40, 3), 0, 4),         # along the first axis
+    ((1,), -1, None),
+])
+def test_average_ranks_equal_scipy(shape, axis, high):
+  rng = np.random.default_rng(sum(shape))
+  v = (rng.normal(size=shape) if high is None
+       else rng.integers(0, high, size=shape).astype(np.float64))
+  got = resampling.average_ranks(v, axis=axis)
+  assert got.dtype == np.float64 and got.shape == v.shape
+  np.testing.assert_array_equal(got, sp_stats.rankdata(v, axis=axis))
+
+
+def test_average_ranks_one_tied_row_among_untied():
+  rng = np.random.default_rng(3)
+  v = rng.normal(size=(4, 30))
+  v[2, 5] = v[2, 17]  # one tie, in one row only
+  np.testing.assert_array_equal(resampling.average_ranks(v, axis=1),
+                                sp_stats.rankdata(v, axis=1))

@@ -34,7 +34,6 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from scipy import stats as sp_stats
 
 from nas_jax import streams
 from nas_jax.analysis import bootstrap_batch
@@ -108,6 +107,7 @@ class _Job:
     self.combos = [(d, m) for d in self.dists
                    for m in (self.metrics if only is None else only.get(d, ()))]
     self._ranked: dict[tuple, np.ndarray] = {}
+    self._constant: dict[tuple, bool] = {}
 
   def _metric_pairs(self, m: str, pairs) -> tuple[np.ndarray, np.ndarray]:
     """``(i, j)`` of metric ``m``: all pairs, pairs among its cells or its
@@ -152,12 +152,16 @@ class _Job:
     """Average ranks of :meth:`values`, computed once per pair set."""
     key = (d, self.pair_keys[m]) if d is not None else (None, m)
     if key not in self._ranked:
-      self._ranked[key] = sp_stats.rankdata(self.values(d, m))
+      self._ranked[key] = resampling.average_ranks(self.values(d, m))
     return self._ranked[key]
 
   def constant(self, d: str, m: str) -> bool:
-    return (resampling.is_constant(self.values(d, m))
-            or resampling.is_constant(self.values(None, m)))
+    """Whether the distance or the metric is constant at ``m``'s pairs
+    (computed once per pair)."""
+    if (d, m) not in self._constant:
+      self._constant[d, m] = (resampling.is_constant(self.values(d, m))
+                              or resampling.is_constant(self.values(None, m)))
+    return self._constant[d, m]
 
   def permutations(self, n: int) -> np.ndarray:
     return resampling.cell_permutations(

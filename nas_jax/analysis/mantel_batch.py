@@ -29,14 +29,15 @@ permuted carries instead: better for few carries against many metrics (see
 its docstring). :class:`CellSubsetNulls` does the same for a metric known
 only on a subset of cells (all pairs among them), keeping today's semantics,
 and :func:`subset_nulls` batches the generic subset path over several
-metrics on the same pairs. Host-side NumPy only; never call it inside
-``jax.jit``.
+metrics on the same pairs. Host-side NumPy (and Numba-compiled loops for
+:class:`CellSubsetNulls`) only; never call it inside ``jax.jit``.
 """
 
 from __future__ import annotations
 
 from concurrent import futures
 
+import numba
 import numpy as np
 
 from nas_jax.analysis import blas
@@ -294,6 +295,141 @@ class CarryGatherNulls:
       return acc.reshape(num_p, width, -1)[:, :self.num_carries]
 
 
+@numba.njit(cache=True, nogil=True)
+def _removed_pairs(removed: np.ndarray, is_removed: np.ndarray,
+                   xc: np.ndarray, group: np.ndarray,
+                   count: np.ndarray) -> tuple[float, float]:
+  """Sums over the pairs touching the cells ``removed`` (``R``), each once.
+
+  Returns ``(sum xc, sum xc^2)`` over those pairs and adds each of them to
+  ``count`` at its tie group ``group`` (both of :class:`CellSubsetNulls`).
+  ``is_removed`` (``bool[K]``) is scratch space, all False on entry and on
+  return.
+  """
+  k = is_removed.size
+  for u in removed:
+    is_removed[u] = True
+  sum1 = 0.0
+  sum2 = 0.0
+  for u in removed:
+    for v in range(k):
+      if v == u or (is_removed[v] and v < u):  # A pair of R counts once.
+        continue
+      lo, hi = min(u, v), max(u, v)
+      m = lo * (2 * k - lo - 1) // 2 + (hi - lo - 1)  # Row-major pair id.
+      sum1 += xc[m]
+      sum2 += xc[m] * xc[m]
+      count[group[m]] += 1
+  for u in removed:
+    is_removed[u] = False
+  return sum1, sum2
+
+
+@numba.njit(cache=True, nogil=True)
+def _rank_steps(count: np.ndarray, size: np.ndarray, base2: np.ndarray,
+                twice_rank: np.ndarray) -> tuple[float, int]:
+  """Twice the centred rank among the pairs of ``S`` of each tie group.
+
+  ``count[g]`` is the number of removed pairs in tie group ``g`` (sorted
+  order); ``2 D`` of the group is twice those in the groups before plus
+  ``count[g]``, and ``twice_rank[g] = base2[g] - 2 D``. Returns the drop of
+  the tie sum ``sum t^3 - t`` (``t`` the group sizes ``size``) when the
+  removed pairs leave, and the number of groups they empty. Sets ``count``
+  back to zero.
+  """
+  below = 0  # Twice the removed pairs in the groups before g.
+  drop = 0.0
+  emptied = 0
+  for g in range(count.size):
+    c = count[g]
+    twice_rank[g] = base2[g] - below - c
+    if c:
+      t = size[g]
+      left = t - c
+      drop += t ** 3 - t - (left ** 3 - left)
+      if left == 0:
+        emptied += 1
+      below += 2 * c
+      count[g] = 0
+  return drop, emptied
+
+
+@numba.njit(cache=True, nogil=True)
+def _gathered_dots(perm: np.ndarray, sigma: np.ndarray, table: np.ndarray,
+                   xc: np.ndarray, group: np.ndarray, twice_rank: np.ndarray,
+                   z: np.ndarray) -> tuple[float, float]:
+  """``(sum xc z0, sum twice_rank[group] z1)`` over the pairs ``m = (i,
+  j)``, ``i < j``, in row-major order, where ``(z0, z1) = table[sigma(i) *
+  K + sigma(j)]`` and ``sigma`` is the inverse of ``perm``.
+
+  Row ``i`` of the pairs copies row ``sigma(i)`` of the table whole, in
+  order, into ``z`` (``float64[2, K]`` scratch) at ``perm`` of each column:
+  reading it in order is much faster than gathering its columns
+  ``sigma(j)``, each a likely cache miss. Each row's terms are summed
+  first, then the rows.
+  """
+  k = perm.size
+  dot_x = 0.0
+  dot_r = 0.0
+  m = 0
+  for i in range(k - 1):
+    row = sigma[i] * k
+    for c in range(k):
+      z[0, perm[c]] = table[row + c, 0]
+      z[1, perm[c]] = table[row + c, 1]
+    row_x = 0.0
+    row_r = 0.0
+    for j in range(i + 1, k):
+      row_x += xc[m] * z[0, j]
+      row_r += twice_rank[group[m]] * z[1, j]
+      m += 1
+    dot_x += row_x
+    dot_r += row_r
+  return dot_x, dot_r
+
+
+@numba.njit(cache=True, nogil=True)
+def _subset_nulls(perms: np.ndarray, outside: np.ndarray, table: np.ndarray,
+                  xc: np.ndarray, group: np.ndarray, size: np.ndarray,
+                  base2: np.ndarray, sum_x: float, sum_xx: float,
+                  tie_sum: float, num_s: float, s_y: float) -> np.ndarray:
+  """:class:`CellSubsetNulls`' ``float64[P, 2]`` (Pearson, Spearman) for
+  the permutations ``perms`` (``int64[P, K]``); the other arguments are the
+  class's attributes of those names (``sum_x, sum_xx`` its ``sums``,
+  ``num_s`` as a float)."""
+  k = perms.shape[1]
+  out = np.empty((perms.shape[0], 2))
+  removed = np.empty(outside.size, np.int64)
+  is_removed = np.zeros(k, np.bool_)
+  count = np.zeros(size.size, np.int32)
+  twice_rank = np.empty(size.size, np.int32)
+  sigma = np.empty(k, np.int64)
+  z = np.empty((2, k))
+  for n in range(perms.shape[0]):
+    perm = perms[n]
+    for c in range(k):
+      sigma[perm[c]] = c
+    for q in range(outside.size):
+      removed[q] = perm[outside[q]]
+    rem_x, rem_xx = _removed_pairs(removed, is_removed, xc, group, count)
+    drop, emptied = _rank_steps(count, size, base2, twice_rank)
+    dot_x, dot_r = _gathered_dots(perm, sigma, table, xc, group, twice_rank,
+                                  z)
+    # Both are NaN where the pairs of S all tie (one group left), which the
+    # norms, sums minus sums, may miss by rounding.
+    constant = size.size - emptied == 1
+    sum1 = sum_x - rem_x
+    sum2 = sum_xx - rem_xx
+    norm = np.sqrt(max(sum2 - sum1 * sum1 / num_s, 0.0))
+    out[n, 0] = (dot_x - sum1 / num_s * s_y) / norm \
+        if norm > 0 and not constant else np.nan
+    rank_norm = np.sqrt(max((num_s ** 3 - num_s - (tie_sum - drop)) / 12.0,
+                            0.0))
+    out[n, 1] = 0.5 * dot_r / rank_norm \
+        if rank_norm > 0 and not constant else np.nan
+  return out
+
+
 class CellSubsetNulls:
   """Mantel nulls of a metric known only on a subset of cells, fast.
 
@@ -309,16 +445,27 @@ class CellSubsetNulls:
     ``a`` over the pairs of ``S`` are the sums over all pairs minus those
     over the ~``|R| K`` pairs touching ``R`` (mean and norm of the values).
   * The rank of a pair among the pairs of ``S`` is its rank among all pairs
-    minus ``D = #(pairs touching R with a smaller value) + #(equal) / 2``, a
-    step function of the pair's place in the sorted values: ``2 D`` is the
-    number of tie-group starts and ends of the pairs touching ``R`` at or
-    before that place, built per permutation with one ``np.repeat``.
+    minus ``D = #(pairs touching R with a smaller value) + #(equal) / 2``,
+    the same for all pairs of a tie group of the sorted values: ``2 D`` is
+    twice the number of pairs touching ``R`` in the groups before plus the
+    number in the group. So twice the centred rank in ``S``, ``gstart +
+    gend - |S| - 2 D`` (``gstart, gend`` the group's sorted places), is an
+    integer per group, written per permutation; the variance of the ranks
+    in ``S`` follows from the tie sizes.
   * The metric side ``zy[sigma(u), sigma(v)]`` (``sigma`` the inverse
-    permutation; zero off the pairs of ``S``) is gathered in the natural
-    pair order, like :class:`AllPairsNulls` (row-local), and the statistics
-    are dot products with the centred values, the centred average ranks and
-    ``D`` looked up at each pair's place. The variance of the ranks in ``S``
-    follows from the tie sizes.
+    permutation; zero off the pairs of ``S``) is read in the natural pair
+    order, row by row of the table, and the statistics are dot products
+    with the centred values and with twice the centred ranks looked up by
+    group.
+
+  Per permutation, Numba-compiled loops (:func:`_subset_nulls`) make one
+  pass over the pairs touching ``R`` (sums, and counts per tie group:
+  :func:`_removed_pairs`), one over the tie groups (ranks and the tie sum:
+  :func:`_rank_steps`) and one over all pairs (the metric and the two dot
+  products: :func:`_gathered_dots`). They release the GIL: ``workers``
+  threads share chunks of :data:`_CHUNK` permutations, and each
+  permutation's numbers are the same for any ``workers``. Where the pairs
+  of ``S`` all tie (one group left) both statistics are NaN, exactly.
 
   Args:
     a: ``float[K, K]`` the carry distance, symmetric, finite off-diagonal.
@@ -327,122 +474,57 @@ class CellSubsetNulls:
   """
 
   def __init__(self, a: np.ndarray, y: np.ndarray, cells: np.ndarray):
-    from scipy import stats as sp_stats  # pylint: disable=g-import-not-at-top
-    k = a.shape[0]
+    k = self.k = a.shape[0]
     i, j = (v.astype(np.int64) for v in np.triu_indices(k, 1))
-    x = a[i, j]
-    order = np.argsort(x, kind="stable")
-    self.k, self.m, self.i, self.j = k, x.size, i, j
-    self.place = np.empty(x.size, dtype=np.int64)  # Pair -> sorted place.
-    self.place[order] = np.arange(x.size)
-    xc = x - x.mean()
-    self.sums = (float(xc.sum()), float(np.einsum("m,m->", xc, xc)))
-    self.xc = xc
-    self._ties(x[order])
-    # Coefficients of the gathered (zy, zry): centred values and centred
-    # average ranks of all pairs, in the natural order.
-    self.coef = (xc, self.rank_c[self.place])
     self.outside = np.flatnonzero(~cells)
     inside = cells[i] & cells[j]
     fi, fj = i[inside], j[inside]
     zy = resampling.standardise(y[fi, fj])
-    zry = resampling.standardise(sp_stats.rankdata(y[fi, fj]))
-    self.s_y, self.s_ry = float(zy.sum()), float(zry.sum())
+    zry = resampling.standardise(resampling.average_ranks(y[fi, fj]))
+    self.s_y = float(zy.sum())
     self.num_s = fi.size
     self.table = np.zeros((k * k, 2))
     for u, v in ((fi, fj), (fj, fi)):
       self.table[u * k + v] = np.stack([zy, zry], axis=1)
-
-  def _ties(self, xs: np.ndarray) -> None:
-    """Tie groups of the sorted values ``xs``: group of each place, group
-    start and end places, centred average ranks, sum of ``t^3 - t``."""
-    new = np.ones(xs.size, dtype=bool)
+    x = a[i, j].astype(np.float64)  # One compiled signature.
+    self.xc = x - x.mean()  # Centred values, natural (row-major) order.
+    self.sums = (float(self.xc.sum()),
+                 float(np.einsum("m,m->", self.xc, self.xc)))
+    # Tie groups of the sorted values: sizes, the sum of t^3 - t, twice
+    # the centred rank in S before removals, and each pair's group. Twice
+    # the ranks lie within (-3 M, 2 M): int32 up to K ~ 37,000.
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    new = np.ones(x.size, dtype=bool)
     new[1:] = xs[1:] != xs[:-1]
-    self.gid = np.cumsum(new) - 1
-    self.gstart = np.flatnonzero(new)
-    self.gend = np.append(self.gstart[1:], xs.size)
-    size = (self.gend - self.gstart).astype(np.float64)
-    self.rank_c = ((self.gstart + self.gend + 1) / 2.0)[self.gid] - (
-        xs.size + 1) / 2.0
-    self.tie_sum = float(np.sum(size ** 3 - size))
-    self.size = size
+    gstart = np.flatnonzero(new)
+    gend = np.append(gstart[1:], x.size)
+    self.size = (gend - gstart).astype(np.float64)
+    self.tie_sum = float(np.sum(self.size ** 3 - self.size))
+    self.base2 = (gstart + gend - self.num_s).astype(np.int32)
+    self.group = np.empty(x.size, dtype=np.int32)
+    self.group[order] = np.cumsum(new) - 1
 
   def __call__(self, perms: np.ndarray, workers: int = 1) -> np.ndarray:
     """Nulls ``float64[n, 2]`` (Pearson, Spearman) for cell permutations
     ``perms`` ``int[n, K]`` (as :func:`resampling.mantel_subset` gets)."""
-    perms = np.asarray(perms, dtype=np.int64)
-    inv = inverse_permutations(perms)
-    chunks = [slice(s, s + _CHUNK) for s in range(0, perms.shape[0], _CHUNK)]
-    work = lambda c: self._chunk(perms[c], inv[c])
+    perms = np.ascontiguousarray(perms, dtype=np.int64)
+    # The compiled loops do not check their indices.
+    if perms.ndim != 2 or perms.shape[1] != self.k or not np.array_equal(
+        np.sort(perms, axis=1), np.broadcast_to(np.arange(self.k),
+                                                perms.shape)):
+      raise ValueError(f"perms must be rows of permutations of {self.k} "
+                       "cells")
+    chunks = [perms[s:s + _CHUNK] for s in range(0, perms.shape[0], _CHUNK)]
+    work = lambda chunk: _subset_nulls(
+        chunk, self.outside, self.table, self.xc, self.group, self.size,
+        self.base2, *self.sums, self.tie_sum, float(self.num_s), self.s_y)
     if workers > 1 and len(chunks) > 1:
       with futures.ThreadPoolExecutor(workers) as pool:
         parts = list(pool.map(work, chunks))
     else:
       parts = [work(c) for c in chunks]
     return np.concatenate(parts) if parts else np.full((0, 2), np.nan)
-
-  def _chunk(self, perms: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    """:meth:`__call__` for ``perms`` and their inverses ``inv``."""
-    with blas.single_threaded():
-      out = np.empty((perms.shape[0], 2))
-      idx = np.empty(self.m, dtype=np.int64)
-      tmp = np.empty(self.m, dtype=np.int64)
-      z = np.empty((self.m, 2))
-      for n, (perm, sigma) in enumerate(zip(perms, inv)):
-        # mode="clip" only skips the bounds check: indices are in range.
-        np.take(sigma * self.k, self.i, out=idx, mode="clip")
-        np.take(sigma, self.j, out=tmp, mode="clip")
-        idx += tmp
-        np.take(self.table, idx, axis=0, out=z, mode="clip")
-        out[n] = self._statistics(perm, z)
-      return out
-
-  def _statistics(self, perm: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """(Pearson, Spearman) of one permutation from the gathered ``z``."""
-    removed = self._removed_pairs(perm[self.outside])
-    num_s = float(self.num_s)
-    xr = self.xc[removed]
-    sum1 = self.sums[0] - float(xr.sum())
-    sum2 = self.sums[1] - float(np.einsum("m,m->", xr, xr))
-    norm = np.sqrt(max(sum2 - sum1 * sum1 / num_s, 0.0))
-    # sum xc zy, sum rank_c zry (einsum: no BLAS threads, see blas.py).
-    dots = [np.einsum("m,m->", c, z[:, t]) for t, c in enumerate(self.coef)]
-    pearson = (dots[0] - sum1 / num_s * self.s_y) / norm \
-        if norm > 0 else np.nan
-    places = self.place[removed]
-    groups, counts = np.unique(self.gid[places], return_counts=True)
-    left = self.size[groups] - counts
-    ties = self.tie_sum - np.sum(self.size[groups] ** 3 - self.size[groups]
-                                 - (left ** 3 - left))
-    rank_norm = np.sqrt(max((num_s ** 3 - num_s - ties) / 12.0, 0.0))
-    shift = (self.m + 1) / 2.0 - (num_s + 1) / 2.0
-    spearman = (dots[1] + shift * self.s_ry
-                - self._rank_correction(places, z[:, 1])) / rank_norm \
-        if rank_norm > 0 else np.nan
-    return np.array([pearson, spearman])
-
-  def _removed_pairs(self, cells: np.ndarray) -> np.ndarray:
-    """Row-major ids of the pairs touching ``cells`` (each once)."""
-    k = self.k
-    u = np.repeat(cells, k)
-    v = np.tile(np.arange(k), cells.size)
-    inside = np.isin(v, cells)
-    keep = (u != v) & (~inside | (u < v))
-    lo, hi = np.minimum(u[keep], v[keep]), np.maximum(u[keep], v[keep])
-    return lo * (2 * k - lo - 1) // 2 + (hi - lo - 1)
-
-  def _rank_correction(self, places: np.ndarray, zr: np.ndarray) -> float:
-    """``sum_m D(m) zr(m)`` (``zr`` in the natural order): ``2 D`` at a
-    place is the number of the removed pairs' tie-group starts and ends at
-    or before it."""
-    g = self.gid[places]
-    bounds, mult = np.unique(np.concatenate([self.gstart[g], self.gend[g]]),
-                             return_counts=True)
-    levels = np.concatenate([[0], np.cumsum(mult)]).astype(np.int32)
-    widths = np.diff(np.concatenate([[0], bounds, [self.m]]))
-    twice_d = np.repeat(levels, widths)                       # [M], by place
-    return 0.5 * float(np.einsum("m,m->", zr,
-                                 twice_d.take(self.place, mode="clip")))
 
 
 def subset_nulls(a: np.ndarray, zys: np.ndarray, zrys: np.ndarray,
@@ -458,7 +540,6 @@ def subset_nulls(a: np.ndarray, zys: np.ndarray, zrys: np.ndarray,
   Returns:
     ``float64[n, T, 2]`` (Pearson, Spearman).
   """
-  from scipy import stats as sp_stats  # pylint: disable=g-import-not-at-top
   m = i.size
   null = np.empty((perms.shape[0], zys.shape[0], 2))
   rows = max(1, resampling.CHUNK_ENTRIES // max(m, 1))
@@ -466,6 +547,6 @@ def subset_nulls(a: np.ndarray, zys: np.ndarray, zrys: np.ndarray,
     chunk = perms[start:start + rows]
     values = a[chunk[:, i], chunk[:, j]]                      # [rows, M]
     null[start:start + rows, :, 0] = resampling.standardise(values) @ zys.T
-    ranks = sp_stats.rankdata(values, axis=1)
+    ranks = resampling.average_ranks(values, axis=1)
     null[start:start + rows, :, 1] = resampling.standardise(ranks) @ zrys.T
   return null

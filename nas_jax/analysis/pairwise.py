@@ -144,9 +144,13 @@ def as_square(m, name: str) -> np.ndarray:
 def check_symmetric(m: np.ndarray, name: str) -> None:
   """Raises ``ValueError`` unless ``m`` is symmetric where it is finite
   (off the diagonal, to a relative tolerance of ``1e-9``)."""
-  off = ~np.eye(m.shape[0], dtype=bool)
-  both = np.isfinite(m) & np.isfinite(m.T) & off
-  if not np.allclose(m[both], m.T[both], rtol=1e-9, atol=1e-12):
+  i, j = pairs_index(m.shape[0])
+  upper, lower = m[i, j], m[j, i]
+  both = np.isfinite(upper) & np.isfinite(lower)
+  upper, lower = upper[both], lower[both]
+  # Both ways round, as allclose is not symmetric in its arguments.
+  if not (np.allclose(upper, lower, rtol=1e-9, atol=1e-12)
+          and np.allclose(lower, upper, rtol=1e-9, atol=1e-12)):
     raise ValueError(f"{name} must be symmetric")
 
 

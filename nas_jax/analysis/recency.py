@@ -33,7 +33,6 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats as sp_stats
 
 from nas_jax import search_space
 from nas_jax import streams
@@ -173,7 +172,7 @@ def _standardised_ranks(v: np.ndarray) -> np.ndarray:
   ``v`` is constant (so a constant regressor contributes nothing)."""
   if resampling.is_constant(v):
     return np.zeros(v.size)
-  return resampling.standardise(sp_stats.rankdata(v))
+  return resampling.standardise(resampling.average_ranks(v))
 
 
 def _partial(r_xy, r_xz, r_yz):

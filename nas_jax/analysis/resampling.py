@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats as sp_stats
 
 # A permuted statistic counts as "at least as extreme" when it is within this
 # absolute tolerance of the observed one (statistics lie in [-1, 1]); this
@@ -55,6 +54,32 @@ CHUNK_ENTRIES = 1 << 21
 def rng(seed: int, stream: int) -> np.random.Generator:
   """The generator of ``stream`` (a :mod:`nas_jax.streams` id) for ``seed``."""
   return np.random.default_rng(np.random.SeedSequence([int(seed), stream]))
+
+
+def average_ranks(values: np.ndarray, axis: int = -1) -> np.ndarray:
+  """``scipy.stats.rankdata(values, axis=axis)`` (average ranks from 1, ties
+  sharing their mean rank), the same float64 numbers, about 3x faster.
+
+  NumPy's default sort (vectorised quicksort) orders the values; a tie
+  group at sorted places ``start <= p < end`` gets ``(start + end + 1) /
+  2``, which is exact in float64, as SciPy's. The values must be finite
+  (NaN has no rank here; SciPy would propagate it).
+  """
+  v = np.moveaxis(np.asarray(values), axis, -1)
+  n = v.shape[-1]
+  flat = v.reshape(-1, n)
+  order = np.argsort(flat, axis=1)
+  ranks = np.empty(flat.shape)
+  rows = np.arange(flat.shape[0])[:, None]
+  sorted_v = np.take_along_axis(flat, order, axis=1)
+  new = np.ones(flat.shape, dtype=bool)
+  new[:, 1:] = sorted_v[:, 1:] != sorted_v[:, :-1]
+  ranks[rows, order] = np.arange(1, n + 1, dtype=np.float64)  # No ties.
+  for r in np.flatnonzero(~new.all(axis=1)):  # Rows with ties.
+    start = np.flatnonzero(new[r])
+    end = np.append(start[1:], n)
+    ranks[r, order[r]] = np.repeat((start + end + 1) / 2.0, end - start)
+  return np.moveaxis(ranks.reshape(v.shape), -1, axis)
 
 
 def is_constant(v: np.ndarray) -> bool:
@@ -148,7 +173,7 @@ def mantel_subset(a: np.ndarray, y: np.ndarray, ry: np.ndarray,
     values = a[chunk[:, i], chunk[:, j]]                      # [rows, M]
     null[start:start + rows, 0] = np.einsum("rm,m->r", standardise(values),
                                               zy)
-    ranks = sp_stats.rankdata(values, axis=1)
+    ranks = average_ranks(values, axis=1)
     null[start:start + rows, 1] = np.einsum("rm,m->r", standardise(ranks),
                                               zry)
   return null
