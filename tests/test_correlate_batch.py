@@ -270,7 +270,7 @@ def test_shared_bootstrap_ties_subsets_and_degenerate_resamples(carry):
 
 
 def test_shared_bootstrap_at_a_few_hundred_cells():
-  """K = 300: pair indices past 2^16 and ranks beyond int16."""
+  """K = 300: products of cell indices past 2^16 and ranks beyond int16."""
   k = 300
   rng = np.random.default_rng(32)
   a = pairwise.pairwise_l2(rng.normal(size=(k, 4)))

@@ -68,6 +68,8 @@ def test_bootstrap_weights_match_explicit_resamples():
     ((6, 50), 1, 5),         # rows with ties
     ((40, 3), 0, 4),         # along the first axis
     ((1,), -1, None),
+    ((0,), -1, None),        # empty
+    ((3, 0), 1, None),       # empty rows
 ])
 def test_average_ranks_equal_scipy(shape, axis, high):
   rng = np.random.default_rng(sum(shape))
@@ -76,6 +78,12 @@ def test_average_ranks_equal_scipy(shape, axis, high):
   got = resampling.average_ranks(v, axis=axis)
   assert got.dtype == np.float64 and got.shape == v.shape
   np.testing.assert_array_equal(got, sp_stats.rankdata(v, axis=axis))
+
+
+def test_average_ranks_of_integers():
+  v = np.random.default_rng(4).integers(-3, 3, size=(5, 40))
+  np.testing.assert_array_equal(resampling.average_ranks(v, axis=1),
+                                sp_stats.rankdata(v, axis=1))
 
 
 def test_average_ranks_one_tied_row_among_untied():

@@ -313,18 +313,14 @@ def _carry_pass(c, i, j, ties, codes, t, a, cx2):
       for k in range(n):
         t[codes[at[k], q]] += wt[k]
         a[codes[at[k], q]] += wt[k] * rk[k]
+  at, wt, rk = _tie_buffers(ties)
   for g in range(ties.shape[0]):
-    weight = _group_weight(c, i, j, ties[g, 0], ties[g, 1])
-    live += weight > 0
-    before = 0
-    for m in range(ties[g, 0], ties[g, 1]):
-      w = c[i[m]] * c[j[m]]
-      delta = weight - 2 * before - w
-      before += w
-      if w == 0:
-        continue
+    n, weighted = _tie_corrections(c, i, j, ties[g, 0], ties[g, 1], at, wt,
+                                   rk)
+    live += weighted - n  # The group counts once.
+    for k in range(n):
+      m, w, delta = at[k], wt[k], rk[k]
       cx2[m] += delta
-      live -= 1
       sxx4 -= w * float(delta) ** 2
       for q in range(codes.shape[1]):
         a[codes[m, q]] += w * delta
@@ -353,17 +349,13 @@ def _ordered_pass(c, i, j, ties, places, zy, cx2, total, sxx4):
       pyy += w * rank2 * rank2
       pxy += w * rank2 * cx2[places[m]]
     s1, s2, syy4, sxy4 = s1 + p1, s2 + p2, syy4 + pyy, sxy4 + pxy
+  at, wt, rk = _tie_buffers(ties)
   for g in range(ties.shape[0]):
-    weight = _group_weight(c, i, j, ties[g, 0], ties[g, 1])
-    live += weight > 0
-    before = 0
-    for m in range(ties[g, 0], ties[g, 1]):
-      w = c[i[m]] * c[j[m]]
-      delta = weight - 2 * before - w
-      before += w
-      if w == 0:
-        continue
-      live -= 1
+    n, weighted = _tie_corrections(c, i, j, ties[g, 0], ties[g, 1], at, wt,
+                                   rk)
+    live += weighted - n  # The group counts once.
+    for k in range(n):
+      m, w, delta = at[k], wt[k], rk[k]
       syy4 -= w * float(delta) ** 2
       sxy4 += float(w * delta) * cx2[places[m]]
   return _rho(sxy4, sxx4, syy4, live), s1, s2
@@ -385,12 +377,31 @@ def _weighted(c, i, j, start, below, total, at, wt, rk):
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_weight(c, i, j, start, stop):
-  """``sum w`` over the pairs ``start:stop``."""
+def _tie_buffers(ties):
+  """Scratch ``(at, wt, rk)`` for :func:`_tie_corrections`, one slot per
+  pair of the largest tie group in ``ties``."""
+  size = 1
+  for g in range(ties.shape[0]):
+    size = max(size, ties[g, 1] - ties[g, 0])
+  return (np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64),
+          np.empty(size, dtype=np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _tie_corrections(c, i, j, start, stop, at, wt, dt):
+  """The tie group of the pairs ``start:stop``: lists its pairs with weight
+  (places ``at``, weights ``wt`` and rank corrections ``dt``, ``delta = S -
+  2 P - w``); returns how many, and 1 if the group has weight (else 0)."""
   weight = 0
   for m in range(start, stop):
     weight += c[i[m]] * c[j[m]]
-  return weight
+  before, n = 0, 0
+  for m in range(start, stop):
+    w = c[i[m]] * c[j[m]]
+    at[n], wt[n], dt[n] = m, w, weight - 2 * before - w
+    before += w
+    n += w > 0  # Without weight, the next pair takes its slot.
+  return n, 1 if weight > 0 else 0
 
 
 @numba.njit(cache=True, nogil=True)

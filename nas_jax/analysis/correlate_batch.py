@@ -157,7 +157,7 @@ class _Job:
 
   def constant(self, d: str, m: str) -> bool:
     """Whether the distance or the metric is constant at ``m``'s pairs
-    (computed once per pair)."""
+    (computed once per (distance, metric))."""
     if (d, m) not in self._constant:
       self._constant[d, m] = (resampling.is_constant(self.values(d, m))
                               or resampling.is_constant(self.values(None, m)))

@@ -402,7 +402,7 @@ def _subset_nulls(perms: np.ndarray, outside: np.ndarray, table: np.ndarray,
   removed = np.empty(outside.size, np.int64)
   is_removed = np.zeros(k, np.bool_)
   count = np.zeros(size.size, np.int32)
-  twice_rank = np.empty(size.size, np.int32)
+  twice_rank = np.empty(size.size, np.int64)
   sigma = np.empty(k, np.int64)
   z = np.empty((2, k))
   for n in range(perms.shape[0]):
@@ -491,8 +491,8 @@ class CellSubsetNulls:
     self.sums = (float(self.xc.sum()),
                  float(np.einsum("m,m->", self.xc, self.xc)))
     # Tie groups of the sorted values: sizes, the sum of t^3 - t, twice
-    # the centred rank in S before removals, and each pair's group. Twice
-    # the ranks lie within (-3 M, 2 M): int32 up to K ~ 37,000.
+    # the centred rank in S before removals (int64: exact), and each pair's
+    # group.
     order = np.argsort(x, kind="stable")
     xs = x[order]
     new = np.ones(x.size, dtype=bool)
@@ -501,7 +501,7 @@ class CellSubsetNulls:
     gend = np.append(gstart[1:], x.size)
     self.size = (gend - gstart).astype(np.float64)
     self.tie_sum = float(np.sum(self.size ** 3 - self.size))
-    self.base2 = (gstart + gend - self.num_s).astype(np.int32)
+    self.base2 = (gstart + gend - self.num_s).astype(np.int64)
     self.group = np.empty(x.size, dtype=np.int32)
     self.group[order] = np.cumsum(new) - 1
 

@@ -168,8 +168,8 @@ def analyse(raw: dict[str, np.ndarray], p, run_dir: str) -> dict[str, Any]:
   with blas.single_threaded():  # Many small products: nas_jax.analysis.blas.
     for arm in ARMS:
       results["arms"][arm] = _analyse_arm(raw, arm, p, pairs)
-    results["carry_pca"] = {arm: carry_pca(_carry(raw, arm, MAIN_CARRY))
-                            for arm in ARMS}
+  results["carry_pca"] = {arm: carry_pca(_carry(raw, arm, MAIN_CARRY))
+                          for arm in ARMS}
   if "conditioning" in results["arms"]["trained"]:
     results["conditioning_test"] = conditioning_test(results)
   results["verdicts"] = verdicts(results)

@@ -67,6 +67,8 @@ def average_ranks(values: np.ndarray, axis: int = -1) -> np.ndarray:
   """
   v = np.moveaxis(np.asarray(values), axis, -1)
   n = v.shape[-1]
+  if v.size == 0:
+    return np.zeros(np.shape(values))
   flat = v.reshape(-1, n)
   order = np.argsort(flat, axis=1)
   ranks = np.empty(flat.shape)
