@@ -43,10 +43,9 @@ import numpy as np
 from nas_jax.analysis import blas
 from nas_jax.analysis import resampling
 
-# Permutations per task of CellSubsetNulls' worker threads.
-_CHUNK = 16
 # AllPairsNulls' and CarryGatherNulls' tiles: pairs per block and
-# permutations per matrix product. A tile's gathered values ([pairs,
+# permutations per matrix product (and per task of every class's worker
+# threads: _chunked). A tile's gathered values ([pairs,
 # permutations, columns], 1024 x 16 x 4 float64 = 512 KB) stay in cache, and
 # numpy's per-call overhead stays small.
 _ALL_BLOCK = 1 << 10
@@ -463,9 +462,10 @@ class CellSubsetNulls:
   :func:`_removed_pairs`), one over the tie groups (ranks and the tie sum:
   :func:`_rank_steps`) and one over all pairs (the metric and the two dot
   products: :func:`_gathered_dots`). They release the GIL: ``workers``
-  threads share chunks of :data:`_CHUNK` permutations, and each
-  permutation's numbers are the same for any ``workers``. Where the pairs
-  of ``S`` all tie (one group left) both statistics are NaN, exactly.
+  threads share chunks of :data:`_ALL_CHUNK` permutations
+  (:func:`_chunked`), and each permutation's numbers are the same for any
+  ``workers``. Where the pairs of ``S`` all tie (one group left) both
+  statistics are NaN, exactly.
 
   Args:
     a: ``float[K, K]`` the carry distance, symmetric, finite off-diagonal.
@@ -515,16 +515,10 @@ class CellSubsetNulls:
                                                 perms.shape)):
       raise ValueError(f"perms must be rows of permutations of {self.k} "
                        "cells")
-    chunks = [perms[s:s + _CHUNK] for s in range(0, perms.shape[0], _CHUNK)]
     work = lambda chunk: _subset_nulls(
         chunk, self.outside, self.table, self.xc, self.group, self.size,
         self.base2, *self.sums, self.tie_sum, float(self.num_s), self.s_y)
-    if workers > 1 and len(chunks) > 1:
-      with futures.ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(work, chunks))
-    else:
-      parts = [work(c) for c in chunks]
-    return np.concatenate(parts) if parts else np.full((0, 2), np.nan)
+    return _chunked(work, perms, workers, (2,))
 
 
 def subset_nulls(a: np.ndarray, zys: np.ndarray, zrys: np.ndarray,
