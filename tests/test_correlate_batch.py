@@ -108,6 +108,23 @@ def test_carry_gather_nulls_match_mantel_all_pairs(block, chunk,
       np.testing.assert_allclose(got[:, c, b], ref[:, 1], atol=1e-14)
   assert mantel_batch.CarryGatherNulls(K, zx, zy)(perms[:0]).shape == (
       0, len(carries), len(metrics))
+  with pytest.raises(ValueError, match="permutations"):
+    # Unchecked indices in the compiled gather otherwise.
+    mantel_batch.CarryGatherNulls(K, zx, zy)(np.full((1, K), K))
+
+
+@pytest.mark.parametrize("k,target", [(2, 1), (5, 1), (30, 50), (30, 7),
+                                      (1000, 1 << 10)])
+def test_row_blocks_cover_the_pairs_in_whole_rows(k, target):
+  blocks = mantel_batch.row_blocks(k, target)
+  assert blocks[0][:3:2] == (0, 0) and blocks[-1][1] == k - 1
+  assert blocks[-1][3] == k * (k - 1) // 2
+  for (i0, i1, m0, m1), after in zip(blocks, blocks[1:] + [None]):
+    assert i0 < i1 and m1 - m0 == sum(k - i - 1 for i in range(i0, i1))
+    if after is not None:
+      assert after[0] == i1 and after[2] == m1  # Contiguous.
+      # Each block stops as soon as it reaches the target.
+      assert m1 - m0 - (k - i1) < target <= m1 - m0
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -86,6 +86,36 @@ def test_average_ranks_of_integers():
                                 sp_stats.rankdata(v, axis=1))
 
 
+@pytest.mark.parametrize("values", [
+    np.array([3.0, -2.0, 3.0, 0.0, -0.0, 7.0, -2.0, 3.0]),  # float integers
+    np.array([5, -4, 5, 5, 1, -4], dtype=np.int8),
+    np.array([True, False, True, True]),
+    np.array([2**40, 2**40 + 3, 2**40, 2**40 - 1], dtype=np.int64),
+    np.array([0.0, 2.0**21, 5.0, 5.0]),                 # range too wide
+    np.array([0.5, 1.0, 0.5, 2.0]),                     # not integers
+    np.array([1.0, np.inf, 1.0]),                       # not finite
+])
+def test_average_ranks_counting_path_equals_scipy(values):
+  # One row of integers in a narrow range is ranked by counting; the rest
+  # by sorting: the same numbers either way.
+  counted = resampling._small_integer_codes(values) is not None
+  assert counted == (values.dtype != np.float64 or bool(
+      np.all(np.isfinite(values)) and np.all(values == np.floor(values))
+      and np.ptp(values) < resampling._COUNT_RANGE))
+  got = resampling.average_ranks(values)
+  assert got.dtype == np.float64
+  np.testing.assert_array_equal(got, sp_stats.rankdata(values))
+  np.testing.assert_array_equal(
+      resampling.average_ranks(values[:, None], axis=0)[:, 0], got)
+
+
+def test_average_ranks_counting_path_on_metric_sized_rows():
+  v = np.random.default_rng(5).integers(0, 24, size=499_500).astype(float)
+  assert resampling._small_integer_codes(v) is not None
+  np.testing.assert_array_equal(resampling.average_ranks(v),
+                                sp_stats.rankdata(v))
+
+
 def test_average_ranks_one_tied_row_among_untied():
   rng = np.random.default_rng(3)
   v = rng.normal(size=(4, 30))

@@ -106,6 +106,7 @@ class _Job:
     # In the order of `only` (default: of `metrics`): the order of out[d].
     self.combos = [(d, m) for d in self.dists
                    for m in (self.metrics if only is None else only.get(d, ()))]
+    self._values: dict[tuple, np.ndarray] = {}
     self._ranked: dict[tuple, np.ndarray] = {}
     self._constant: dict[tuple, bool] = {}
 
@@ -123,6 +124,7 @@ class _Job:
   def check(self, num_permutations, num_bootstrap) -> None:
     """Raises what ``correlate`` raises for any requested pair; checks each
     matrix's symmetry once."""
+    off_diagonal = {}  # Distance -> finite off the diagonal.
     for d, m in self.combos:
       a, b = self.dists[d], self.metrics[m]
       pairwise.check_settings(a, b, _setting(num_permutations, d),
@@ -130,12 +132,16 @@ class _Job:
       i, j = self.pairs[m]
       if i.size < 3:
         raise ValueError(f"need at least 3 pairs, got {i.size}")
-      if not (np.all(np.isfinite(a[i, j])) and np.all(np.isfinite(b[i, j]))):
+      if not (np.all(np.isfinite(self.values(d, m)))
+              and np.all(np.isfinite(self.values(None, m)))):
         raise ValueError("a and b must be finite at every pair used; pass "
                          "`pairs` to restrict to the pairs where a metric is "
                          "known")
       if self.kinds[m] != "all" and _setting(num_permutations, d):
-        if not np.all(np.isfinite(a[~np.eye(self.k, dtype=bool)])):
+        if d not in off_diagonal:
+          off_diagonal[d] = bool(np.all(np.isfinite(
+              a[~np.eye(self.k, dtype=bool)])))
+        if not off_diagonal[d]:
           raise ValueError("with `pairs` and permutations, a must be finite "
                            "off the diagonal (it is looked up at permuted "
                            "pairs)")
@@ -144,9 +150,14 @@ class _Job:
 
   def values(self, d: str | None, m: str) -> np.ndarray:
     """The distance ``d`` (or metric ``m`` when ``d`` is None) at ``m``'s
-    pairs."""
-    i, j = self.pairs[m]
-    return (self.metrics[m] if d is None else self.dists[d])[i, j]
+    pairs (read once per distance and set of pairs)."""
+    key = (d, self.pair_keys[m]) if d is not None else (None, m)
+    if key not in self._values:
+      i, j = self.pairs[m]
+      self._values[key] = (self.metrics[m] if d is None
+                           else self.dists[d])[i, j]
+      self._values[key].flags.writeable = False  # Shared by its callers.
+    return self._values[key]
 
   def ranks(self, d: str | None, m: str) -> np.ndarray:
     """Average ranks of :meth:`values`, computed once per pair set."""

@@ -50,9 +50,6 @@ from nas_jax.analysis import resampling
 # numpy's per-call overhead stays small.
 _ALL_BLOCK = 1 << 10
 _ALL_CHUNK = 16
-# CarryGatherNulls gathers rows of this many float64 carries (numpy's take
-# copies 32-byte items fastest); missing ones are zero columns.
-_CARRY_WIDTH = 4
 # Metrics with at most this many distinct values are gathered as uint16 codes
 # (a 2 MB table for K = 1000) and looked up; others as float64.
 _MAX_CODES = 1 << 16
@@ -231,24 +228,81 @@ def _chunked(fn, perms: np.ndarray, workers: int, shape: tuple[int, ...]
   return np.concatenate(parts)
 
 
+def row_blocks(k: int, target: int) -> list[tuple[int, int, int, int]]:
+  """Blocks of whole rows of the pairs ``i < j`` (row-major): ``(i0, i1,
+  m0, m1)``, rows ``i0 <= i < i1`` holding the pairs ``m0 <= m < m1``, each
+  block at least ``target`` pairs where the rows allow."""
+  out = []
+  i0 = m0 = 0
+  while i0 < k - 1:
+    i1, m1 = i0, m0
+    while i1 < k - 1 and m1 - m0 < target:
+      m1 += k - i1 - 1
+      i1 += 1
+    out.append((i0, i1, m0, m1))
+    i0, m0 = i1, m1
+  return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _permuted_rows(perms: np.ndarray, sigmas: np.ndarray, i0: int, i1: int,
+                   table: np.ndarray, out: np.ndarray,
+                   row: np.ndarray) -> None:
+  """``out[p, x, m - m0] = table[perm(i) * K + perm(j), x]`` for the pairs
+  ``m = (i, j)``, ``i0 <= i < i1 < j``, in row-major order (``m0`` the first
+  pair of row ``i0``), ``perm = perms[p]`` and ``sigmas[p]`` its inverse.
+
+  A long row of pairs reads row ``perm(i)`` of the table whole and in order
+  into ``row`` (``float64[X, K]`` scratch), at ``sigma`` of each column (the
+  ``j`` with ``perm(j)`` that column): a sequential read instead of ``K - i
+  - 1`` scattered ones, each a likely cache miss. A short row (under a
+  quarter of ``K`` pairs) is gathered directly. Copies only: the values are
+  the table's, bit for bit.
+  """
+  k = perms.shape[1]
+  num_x = table.shape[1]
+  for p in range(perms.shape[0]):
+    perm = perms[p]
+    sigma = sigmas[p]
+    off = 0
+    for i in range(i0, i1):
+      base = perm[i] * k
+      n = k - i - 1
+      if 4 * n >= k:
+        for c in range(k):
+          j = sigma[c]
+          for x in range(num_x):
+            row[x, j] = table[base + c, x]
+        for x in range(num_x):
+          for b in range(n):
+            out[p, x, off + b] = row[x, i + 1 + b]
+      else:
+        for b in range(n):
+          c = base + perm[i + 1 + b]
+          for x in range(num_x):
+            out[p, x, off + b] = table[c, x]
+      off += n
+
+
 class CarryGatherNulls:
   """Mantel nulls of a few carries with many metrics over all pairs.
 
   The sum of :func:`resampling.mantel_all_pairs` as written: for each
   permutation ``perm`` the carries are gathered at the permuted pairs
   ``(perm(i_m), perm(j_m))`` and one matrix product takes them against every
-  metric, which stays in place. Each gathered column reads a ``float64 [K *
-  K]`` table (8 MB at ``K = 1000``) at random columns of its rows, which
-  costs about as much as :class:`AllPairsNulls`' code gather and lookup of a
-  metric column, so this is the faster way when the carries are fewer than
-  the metrics: the recency tests (:mod:`nas_jax.analysis.recency`) take 3
-  carries against up to 16 metrics, 5x faster than :class:`AllPairsNulls`
-  at ``K = 1000``. The same sums in another order: equal to
-  :class:`AllPairsNulls`' and the reference's to rounding (~1e-16).
+  metric, which stays in place. Gathering a carry costs about as much as
+  :class:`AllPairsNulls`' lookup of a metric column, so this is the faster
+  way when the carries are fewer than the metrics: the recency tests
+  (:mod:`nas_jax.analysis.recency`) take 3 carries against up to 21 metrics.
+  The same sums in another order: equal to :class:`AllPairsNulls`' and the
+  reference's to rounding (~1e-16).
 
-  The carries are stored in rows of :data:`_CARRY_WIDTH` (zero-padded); the
-  work is tiled as :class:`AllPairsNulls`' (blocks of :data:`_ALL_BLOCK`
-  pairs by :data:`_ALL_CHUNK` permutations).
+  The carries are stored as a ``float64 [K * K, X]`` table; the gather is a
+  Numba-compiled loop over whole rows of pairs (:func:`_permuted_rows`,
+  which reads each permuted row of the table in order), in blocks of rows
+  of about :data:`_ALL_BLOCK` pairs (:func:`row_blocks`) by
+  :data:`_ALL_CHUNK` permutations, each block's values taken against the
+  metrics in one matrix product.
 
   Args:
     k: number of cells.
@@ -259,39 +313,48 @@ class CarryGatherNulls:
 
   def __init__(self, k: int, carries: np.ndarray, metrics: np.ndarray):
     self.k = k
-    self.i, self.j = (a.astype(np.int64) for a in np.triu_indices(k, 1))
+    i, j = (a.astype(np.int64) for a in np.triu_indices(k, 1))
     carries = np.asarray(carries, np.float64)
     self.num_carries = carries.shape[0]
-    width = -(-self.num_carries // _CARRY_WIDTH) * _CARRY_WIDTH
-    self.table = np.zeros((k * k, width))
-    self.table[self.i * k + self.j, :self.num_carries] = carries.T
-    self.table[self.j * k + self.i, :self.num_carries] = carries.T
+    self.table = np.zeros((k * k, self.num_carries))
+    self.table[i * k + j] = carries.T
+    self.table[j * k + i] = carries.T
     self.metrics = np.ascontiguousarray(np.asarray(metrics, np.float64).T)
 
   def __call__(self, perms: np.ndarray, workers: int = 1) -> np.ndarray:
     """Nulls ``float64[n, X, T]`` for cell permutations ``perms``
     ``int[n, K]``; ``workers`` threads share them (every permutation's
     numbers are the same for any ``workers``)."""
-    return _chunked(self._chunk, np.asarray(perms, dtype=np.int64), workers,
+    perms = np.ascontiguousarray(perms, dtype=np.int64)
+    # The compiled loop does not check its indices.
+    _check_permutations(perms, self.k)
+    return _chunked(self._chunk, perms, workers,
                     (self.num_carries, self.metrics.shape[1]))
 
   def _chunk(self, perms: np.ndarray) -> np.ndarray:
     """:meth:`__call__` for ``perms`` ``[P, K]``."""
     with blas.single_threaded():  # Parallel over chunks instead.
-      num_p, width = perms.shape[0], self.table.shape[1]
-      perm_t = np.ascontiguousarray(perms.T)                  # [K, P]
-      row_k = perm_t * self.k
-      acc = np.zeros((num_p * width, self.metrics.shape[1]))
-      for start in range(0, self.i.size, _ALL_BLOCK):
-        stop = min(self.i.size, start + _ALL_BLOCK)
-        # Flat index of the permuted pairs (perm[i], perm[j]), [b, P];
-        # mode="clip" only skips the bounds check: indices are in range.
-        idx = np.take(row_k, self.i[start:stop], axis=0, mode="clip")
-        idx += np.take(perm_t, self.j[start:stop], axis=0, mode="clip")
-        acc += np.take(self.table, idx, axis=0, mode="clip").reshape(
-            stop - start, -1).T @ self.metrics[start:stop]
+      num_p, num_x = perms.shape[0], self.num_carries
+      sigmas = inverse_permutations(perms)
+      blocks = row_blocks(self.k, _ALL_BLOCK)
+      scratch = np.empty(num_p * num_x * max(m1 - m0
+                                             for *_, m0, m1 in blocks))
+      row = np.empty((num_x, self.k))
+      acc = np.zeros((num_p * num_x, self.metrics.shape[1]))
+      for i0, i1, m0, m1 in blocks:
+        gathered = scratch[:num_p * num_x * (m1 - m0)].reshape(
+            num_p, num_x, m1 - m0)
+        _permuted_rows(perms, sigmas, i0, i1, self.table, gathered, row)
+        acc += gathered.reshape(num_p * num_x, -1) @ self.metrics[m0:m1]
       # Rows of acc are (permutation, carry), permutation-major.
-      return acc.reshape(num_p, width, -1)[:, :self.num_carries]
+      return acc.reshape(num_p, num_x, -1)
+
+
+def _check_permutations(perms: np.ndarray, k: int) -> None:
+  """Raises ValueError unless ``perms`` is rows of permutations of ``k``."""
+  if perms.ndim != 2 or perms.shape[1] != k or not np.array_equal(
+      np.sort(perms, axis=1), np.broadcast_to(np.arange(k), perms.shape)):
+    raise ValueError(f"perms must be rows of permutations of {k} cells")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -510,11 +573,7 @@ class CellSubsetNulls:
     ``perms`` ``int[n, K]`` (as :func:`resampling.mantel_subset` gets)."""
     perms = np.ascontiguousarray(perms, dtype=np.int64)
     # The compiled loops do not check their indices.
-    if perms.ndim != 2 or perms.shape[1] != self.k or not np.array_equal(
-        np.sort(perms, axis=1), np.broadcast_to(np.arange(self.k),
-                                                perms.shape)):
-      raise ValueError(f"perms must be rows of permutations of {self.k} "
-                       "cells")
+    _check_permutations(perms, self.k)
     work = lambda chunk: _subset_nulls(
         chunk, self.outside, self.table, self.xc, self.group, self.size,
         self.base2, *self.sums, self.tie_sum, float(self.num_s), self.s_y)
