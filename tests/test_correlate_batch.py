@@ -171,6 +171,27 @@ def test_cell_subset_nulls_removed_cells(outside):
   assert nulls(perms[:0]).shape == (0, 2)
 
 
+@pytest.mark.parametrize("levels", [None, 21])
+def test_cell_subset_nulls_at_a_hundred_and_fifty_cells(levels):
+  """K = 150 (11,175 pairs): rows of pairs longer than the prefetch
+  distance and hundreds of mark words; a continuous carry, and one of 21
+  values (tie groups of hundreds of pairs, several per mark word)."""
+  k = 150
+  rng = np.random.default_rng(34)
+  a = pairwise.pairwise_l2(rng.normal(size=(k, 3)))
+  if levels is not None:
+    a = np.floor(a / a.max() * (levels - 1e-9))
+  ppl = np.exp(rng.normal(size=k))
+  ppl[rng.choice(k, 7, replace=False)] = np.inf
+  cells = np.isfinite(ppl)
+  p0 = np.where(cells, ppl, 0.0)
+  y = np.abs(p0[:, None] - p0[None, :])
+  perms = resampling.cell_permutations(24, k, np.random.default_rng(35))
+  got = mantel_batch.CellSubsetNulls(a, y, cells)(perms, workers=2)
+  np.testing.assert_allclose(got, _subset_reference(a, y, cells, perms),
+                             atol=1e-13)
+
+
 def test_cell_subset_nulls_nan_where_the_carry_is_constant():
   """Three cells left: their 3 pairs often take one carry value, and both
   nulls are NaN there, as the reference's. The carry is 0 or 1, half each,

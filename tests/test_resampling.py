@@ -93,15 +93,20 @@ def test_average_ranks_of_integers():
     np.array([2**40, 2**40 + 3, 2**40, 2**40 - 1], dtype=np.int64),
     np.array([0.0, 2.0**21, 5.0, 5.0]),                 # range too wide
     np.array([0.5, 1.0, 0.5, 2.0]),                     # not integers
-    np.array([1.0, np.inf, 1.0]),                       # not finite
+    np.array([1.0, np.inf, 1.0]),                        # not finite
+    np.array([-100, 100, 3, -100], dtype=np.int8),       # span past int8
+    np.array([-1, 2047, 2048, 2047], dtype=np.float16),  # past float16's
+    np.array([0, 2**63 + 5, 2**63], dtype=np.uint64),    # wide: sorted
+    np.array([0.0, 5000.0, 7.0]),                        # span >> size
 ])
 def test_average_ranks_counting_path_equals_scipy(values):
   # One row of integers in a narrow range is ranked by counting; the rest
   # by sorting: the same numbers either way.
   counted = resampling._small_integer_codes(values) is not None
-  assert counted == (values.dtype != np.float64 or bool(
-      np.all(np.isfinite(values)) and np.all(values == np.floor(values))
-      and np.ptp(values) < resampling._COUNT_RANGE))
+  wide = values.astype(np.float64)
+  assert counted == bool(
+      np.all(np.isfinite(wide)) and np.all(wide == np.floor(wide))
+      and np.ptp(wide) < min(resampling._COUNT_RANGE, 4 * wide.size + 1024))
   got = resampling.average_ranks(values)
   assert got.dtype == np.float64
   np.testing.assert_array_equal(got, sp_stats.rankdata(values))

@@ -34,11 +34,12 @@ metrics on the same pairs. Host-side NumPy (and Numba-compiled loops for
 call it inside ``jax.jit``.
 
 Where the time goes at ``K = 1000`` (499,500 pairs) on a 2-core CPU, per
-permutation: :class:`AllPairsNulls` (7 carries x 5 metrics, Pearson and
-Spearman) ~20 ms on one thread, about 60% the lookups of the gathered metric values and
-40% the matrix products; Numba loops over rows of pairs (codes read in order
-and scattered, values looked up in per-metric tables) were no faster, and
-neither was a fused gather-and-multiply loop, so it stays NumPy.
+permutation: :class:`AllPairsNulls` (the six carry views and the shuffled
+control, x 5 metrics, Pearson and Spearman) ~20 ms on one thread, about 60%
+the lookups of the gathered metric values and 40% the matrix products;
+Numba loops over rows of pairs (codes read in order and scattered, values
+looked up in per-metric tables) were no faster, and neither was a fused
+gather-and-multiply loop, so it stays NumPy.
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ from nas_jax.analysis import blas
 from nas_jax.analysis import resampling
 
 # AllPairsNulls' and CarryGatherNulls' tiles: pairs per block (for
-# CarryGatherNulls, whole rows of pairs: at least this many) and permutations
-# per matrix product (and per task of every class's worker threads:
-# _chunked). A tile's gathered values ([pairs, permutations, columns], 1024 x
-# 16 x 4 float64 = 512 KB) stay in cache, and numpy's per-call overhead stays
-# small.
+# CarryGatherNulls, whole rows of pairs: at least this many, at most K - 2
+# more) and permutations per matrix product (and per task of every class's
+# worker threads: _chunked). AllPairsNulls' tile of gathered values ([pairs,
+# permutations, columns], 1024 x 16 x 4 float64 = 512 KB) stays in cache,
+# and numpy's per-call overhead stays small.
 _ALL_BLOCK = 1 << 10
 _ALL_CHUNK = 16
 # Metrics with at most this many distinct values are gathered as uint16 codes
@@ -262,7 +263,7 @@ def _permuted_rows(perms: np.ndarray, sigmas: np.ndarray, i0: int, i1: int,
                    table: np.ndarray, out: np.ndarray,
                    row: np.ndarray) -> None:
   """``out[p, x, m - m0] = table[perm(i) * K + perm(j), x]`` for the pairs
-  ``m = (i, j)``, ``i0 <= i < i1 < j``, in row-major order (``m0`` the first
+  ``m = (i, j)``, ``i0 <= i < i1``, ``i < j``, in row-major order (``m0`` the first
   pair of row ``i0``), ``perm = perms[p]`` and ``sigmas[p]`` its inverse.
 
   A long row of pairs reads row ``perm(i)`` of the table whole and in order
@@ -350,8 +351,8 @@ class CarryGatherNulls:
       num_p, num_x = perms.shape[0], self.num_carries
       sigmas = inverse_permutations(perms)
       blocks = row_blocks(self.k, _ALL_BLOCK)
-      scratch = np.empty(num_p * num_x * max(m1 - m0
-                                             for *_, m0, m1 in blocks))
+      scratch = np.empty(num_p * num_x * max(
+          (m1 - m0 for *_, m0, m1 in blocks), default=0))
       row = np.empty((num_x, self.k))
       acc = np.zeros((num_p * num_x, self.metrics.shape[1]))
       for i0, i1, m0, m1 in blocks:
@@ -403,6 +404,8 @@ def _prefetch(typingctx, array, index):
     fn = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(),
                                         [byte_ptr, i32, i32, i32]),
+        # The name of LLVM 15 and later (opaque pointers), as in the pinned
+        # numba 0.68's llvmlite; older ones called it llvm.prefetch.p0i8.
         "llvm.prefetch.p0")
     builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]),
                                       byte_ptr),
@@ -652,8 +655,8 @@ class CellSubsetNulls:
     order, row by row of the tables, and the statistics are dot products
     with the centred values and with the twice centred ranks.
 
-  The numbers are those of the previous version (tested against the subset
-  path to 1e-13), bit for bit: the same integer doubled ranks (exact) times the same float64 terms,
+  The numbers are those of the previous version (tested against the
+  subset path to 1e-13), bit for bit: the same integer doubled ranks (exact) times the same float64 terms,
   summed in the same order (each row, then the rows), the same sums over
   the removed pairs in the same order, and the same NaN rule. Two sums
   differ in order only: rows whose table row is zero (``sigma(i)`` not in
@@ -679,6 +682,8 @@ class CellSubsetNulls:
 
   def __init__(self, a: np.ndarray, y: np.ndarray, cells: np.ndarray):
     k = self.k = a.shape[0]
+    if k * (k - 1) >= 2 ** 32:  # 2 M places; [K * K] tables of 64 GB.
+      raise ValueError(f"K = {k}: too many pairs for 32-bit keys")
     cells = np.asarray(cells, dtype=bool)
     i, j = (v.astype(np.int64) for v in np.triu_indices(k, 1))
     self.outside = np.flatnonzero(~cells)
@@ -713,8 +718,6 @@ class CellSubsetNulls:
     self.tie_sum = float(np.sum(size ** 3 - size))
     group = np.empty(x.size, dtype=np.int64)
     group[order] = np.cumsum(new) - 1
-    if 2 * x.size >= 2 ** 32:  # A [K * K] table of 64 GB and more.
-      raise ValueError(f"K = {k}: too many pairs for 32-bit keys")
     key = (gstart + gend)[group].astype(np.uint32)
     # _AHEAD more (zero) keys: the prefetch of the last pairs reads them.
     self.key = np.append(key, np.zeros(_AHEAD, key.dtype))

@@ -219,8 +219,8 @@ def _permutation_nulls(k: int, zx: np.ndarray, zy: np.ndarray,
   y's and z's ranks in one product, for ``r_xy`` and ``r_xz``; ``r_yz`` does
   not change. A constant ``z`` (all-zero ranks) makes ``r_xz = r_yz = 0``
   and the partial ``r_xy`` itself (as :func:`_partial` gives it), so it is
-  left out of the product. Memory is a ``[K * K, 4]`` table (32 MB at ``K =
-  1000``) per 4 x's, whatever the number of permutations.
+  left out of the product. Memory is a ``float64 [K * K, X]`` table (8 MB
+  per x at ``K = 1000``), whatever the number of permutations.
   """
   zz = np.atleast_2d(zz)
   z_of = np.zeros(len(zy), np.int64) if z_of is None else np.asarray(z_of)

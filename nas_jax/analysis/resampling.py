@@ -98,24 +98,28 @@ def average_ranks(values: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 # average_ranks counts the values of a row of integers spanning fewer than
-# this many values.
+# this many values (and at most about 4 per entry of the row).
 _COUNT_RANGE = 1 << 20
 
 
 def _small_integer_codes(v: np.ndarray) -> np.ndarray | None:
   """``v - min(v)`` as ``int64`` when ``v`` is integers (of any dtype)
-  spanning fewer than :data:`_COUNT_RANGE` values; otherwise None."""
-  if v.dtype == bool:
-    v = v.astype(np.int64)
-  if v.dtype.kind not in "iuf":
+  spanning fewer than :data:`_COUNT_RANGE` values, and not many more than
+  ``v`` has entries (the counts stay small); otherwise None."""
+  if v.dtype.kind not in "biuf" or v.size == 0:
     return None
+  # Wide types: the difference of two int8 (or float16) integers need not
+  # fit their own type; float64 holds every float32 or float16 exactly.
+  wide = {"b": np.int64, "i": np.int64, "u": np.uint64,
+          "f": np.float64}[v.dtype.kind]
+  v = v.astype(wide, copy=False)
   low, high = v.min(), v.max()
-  if not (np.isfinite(low) and np.isfinite(high)
-          and float(high) - float(low) < _COUNT_RANGE):
+  span = float(high) - float(low)
+  if not (np.isfinite(span) and span < min(_COUNT_RANGE, 4 * v.size + 1024)):
     return None
   if v.dtype.kind == "f" and not np.array_equal(v, np.floor(v)):
     return None
-  return (v - low).astype(np.int64)
+  return (v - low).astype(np.int64)  # Exact: integers, v >= low.
 
 
 def is_constant(v: np.ndarray) -> bool:
