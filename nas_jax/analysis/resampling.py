@@ -69,7 +69,8 @@ def average_ranks(values: np.ndarray, axis: int = -1) -> np.ndarray:
   One row of integers within a range of :data:`_COUNT_RANGE` (graph metrics
   such as edit distances) is ranked by counting instead of sorting: the same
   ``start`` and ``end`` of each value's group from the cumulative counts,
-  so the same numbers, ~10x faster.
+  so the same numbers, ~4-6x faster (499,500 pairs of 24 values: 45-72 ms
+  -> 11-14 ms here).
   """
   v = np.moveaxis(np.asarray(values), axis, -1)
   n = v.shape[-1]
