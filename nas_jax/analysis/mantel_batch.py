@@ -334,6 +334,8 @@ class CarryGatherNulls:
     self.table[i * k + j] = carries.T
     self.table[j * k + i] = carries.T
     self.metrics = np.ascontiguousarray(np.asarray(metrics, np.float64).T)
+    self.blocks = row_blocks(k, _ALL_BLOCK)
+    self.max_block = max((m1 - m0 for *_, m0, m1 in self.blocks), default=0)
 
   def __call__(self, perms: np.ndarray, workers: int = 1) -> np.ndarray:
     """Nulls ``float64[n, X, T]`` for cell permutations ``perms``
@@ -350,12 +352,10 @@ class CarryGatherNulls:
     with blas.single_threaded():  # Parallel over chunks instead.
       num_p, num_x = perms.shape[0], self.num_carries
       sigmas = inverse_permutations(perms)
-      blocks = row_blocks(self.k, _ALL_BLOCK)
-      scratch = np.empty(num_p * num_x * max(
-          (m1 - m0 for *_, m0, m1 in blocks), default=0))
+      scratch = np.empty(num_p * num_x * self.max_block)
       row = np.empty((num_x, self.k))
       acc = np.zeros((num_p * num_x, self.metrics.shape[1]))
-      for i0, i1, m0, m1 in blocks:
+      for i0, i1, m0, m1 in self.blocks:
         gathered = scratch[:num_p * num_x * (m1 - m0)].reshape(
             num_p, num_x, m1 - m0)
         _permuted_rows(perms, sigmas, i0, i1, self.table, gathered, row)
