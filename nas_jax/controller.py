@@ -132,10 +132,19 @@ def step_tables(config: ControllerConfig):
 
 
 def _gate_update(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The LSTM's new ``(c, h)`` from its pre-activations ``gates [.., 4H]``."""
-  i, f, g, o = jnp.split(gates, 4, axis=-1)
-  c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-  return c, jax.nn.sigmoid(o) * jnp.tanh(c)
+  """The LSTM's new ``(c, h)`` from its pre-activations ``gates [.., 4H]``.
+
+  ``sigmoid(x) = (1 + tanh(x / 2)) / 2``: one ``tanh`` over all four gates
+  (the i, f, o blocks scaled by 1/2), which XLA fuses into one pass; three
+  ``sigmoid`` calls and a ``tanh`` made two passes and ~10% slower sampling.
+  """
+  quarter = gates.shape[-1] // 4
+  scale = np.concatenate([np.full(2 * quarter, 0.5), np.ones(quarter),
+                          np.full(quarter, 0.5)])
+  i, f, g, o = jnp.split(jnp.tanh(gates * scale.astype(gates.dtype)), 4,
+                         axis=-1)
+  c = (0.5 * f + 0.5) * c + (0.5 * i + 0.5) * g
+  return c, (0.5 * o + 0.5) * jnp.tanh(c)
 
 
 def lstm_cell(params: Params, x: jax.Array, carry: tuple[jax.Array, jax.Array]
@@ -352,17 +361,21 @@ def _sample_steps(params, key, num, config, mode, carry, first):
   * Cells that share their initial carry (the default zero carry, or
     ``[H]`` parts) and step 0's input share their first states:
     :func:`_prefix_tree` computes them once per distinct prefix, and each
-    cell's draws pick its rows.
+    cell's draws pick its rows; the next step's ``h @ W_h`` is taken on the
+    tree's last rows (fewer than the cells) and then picked too.
   * Then one row per cell in a ``lax.scan`` that does only what the next
-    step needs (the draw) and writes the carries straight into their ``[num,
-    2N-1, H]`` place (no stacking and transposing after the loop).
-    Log-probabilities and entropies come after the loop, for all steps at
-    once: fewer small kernels per step made the sampler ~15% faster.
+    step needs (the draw, the next ``h @ W_h``) and writes the carries
+    straight into their ``[num, 2N-1, H]`` place (no stacking and
+    transposing after the loop); the last step, which needs no next
+    ``h @ W_h``, runs after the loop. Log-probabilities and entropies come
+    after the loop, for all steps at once: fewer small kernels per step made
+    the sampler ~15% faster.
   """
   hidden, steps = config.hidden_size, config.num_steps
   sizes = search_space.decision_sizes(config.num_nodes)
   offsets = _offsets(config)
   noise = _gumbel_noise(key, num, config)
+  w_h = params["lstm_w"][hidden:]
   c, h = carry
   k = 0
   # The input row of the first scanned step: table[num_embeddings + i] is
@@ -382,33 +395,40 @@ def _sample_steps(params, key, num, config, mode, carry, first):
       idx = idx * sizes[t] + tokens[-1]
     tokens, rows = [jnp.stack(tokens, axis=1)], jnp.stack(rows, axis=1)
     logits = [tree_logits[rows]]
-    c, h = tree_c[rows[:, -1]], tree_h[rows[:, -1]]
+    last, start = rows[:, -1], int(starts[-1])
+    c = tree_c[last]
+    h_w = (tree_h[start:] @ w_h)[last - start]  # Step k's h @ W_h.
     row = tokens[0][:, -1] + offsets[k - 1]
     pad = jnp.zeros((num, steps - k, hidden), jnp.float32)
     cs = jnp.concatenate([tree_c[rows], pad], axis=1)
     hs = jnp.concatenate([tree_h[rows], pad], axis=1)
   else:
     c, h = (jnp.broadcast_to(a, (num, hidden)) for a in carry)
+    h_w = h @ w_h
     cs = hs = jnp.zeros((num, steps, hidden), jnp.float32)
 
   if k < steps:
-    w_h = params["lstm_w"][hidden:]
     table = jnp.concatenate([_input_table(params, config), first])
     offsets = jnp.asarray(offsets)
 
-    def body(state, t):
-      c, h, row, cs, hs = state
-      c, h = _gate_update(h @ w_h + table[row], c)
+    def step(c, h_w, row, cs, hs, t):
+      c, h = _gate_update(h_w + table[row], c)
       step_logits = _logits(params, h, t, config, mode)
       token = _draw(noise[t], step_logits)
       cs = jax.lax.dynamic_update_slice_in_dim(cs, c[:, None], t, axis=1)
       hs = jax.lax.dynamic_update_slice_in_dim(hs, h[:, None], t, axis=1)
-      return (c, h, token + offsets[t], cs, hs), (token, step_logits)
+      return c, h, token, step_logits, cs, hs
 
-    (*_, cs, hs), (scan_tokens, scan_logits) = jax.lax.scan(
-        body, (c, h, row, cs, hs), jnp.arange(k, steps))
-    tokens.append(scan_tokens.T)
-    logits.append(jnp.swapaxes(scan_logits, 0, 1))
+    def body(state, t):
+      c, h_w, row, cs, hs = state
+      c, h, token, step_logits, cs, hs = step(c, h_w, row, cs, hs, t)
+      return (c, h @ w_h, token + offsets[t], cs, hs), (token, step_logits)
+
+    (c, h_w, row, cs, hs), (scan_tokens, scan_logits) = jax.lax.scan(
+        body, (c, h_w, row, cs, hs), jnp.arange(k, steps - 1))
+    *_, token, step_logits, cs, hs = step(c, h_w, row, cs, hs, steps - 1)
+    tokens += [scan_tokens.T, token[:, None]]
+    logits += [jnp.swapaxes(scan_logits, 0, 1), step_logits[:, None]]
   tokens = jnp.concatenate(tokens, axis=1)
   valid = step_tables(config)[0]
   log_p = jax.nn.log_softmax(jnp.concatenate(logits, axis=1))
