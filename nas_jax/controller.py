@@ -403,8 +403,8 @@ def _sample_steps(params, key, num, config, mode, carry, first):
     cs = jnp.concatenate([tree_c[rows], pad], axis=1)
     hs = jnp.concatenate([tree_h[rows], pad], axis=1)
   else:
-    c, h = (jnp.broadcast_to(a, (num, hidden)) for a in carry)
-    h_w = h @ w_h
+    c = jnp.broadcast_to(c, (num, hidden))
+    h_w = jnp.broadcast_to(h @ w_h, (num, 4 * hidden))  # Before broadcasting.
     cs = hs = jnp.zeros((num, steps, hidden), jnp.float32)
 
   if k < steps:

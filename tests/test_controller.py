@@ -310,6 +310,7 @@ def test_sample_matches_the_plain_controller(params, mode, carry):
 @pytest.mark.parametrize("num_nodes,num", [
     (2, 64),  # Fewer distinct prefixes than cells at every step.
     (5, 1),  # One cell: no shared prefixes.
+    (3, 20),  # Prefixes for all steps but the last: an empty loop.
     # As for the default 1000 cells: 7 prefix steps (384 prefixes), then 16.
     (12, 400),
 ])
