@@ -50,12 +50,24 @@ def _three_metrics():
           pairwise.pairwise_l2(np.random.default_rng(3).normal(size=(K, 2)))]
 
 
-@pytest.mark.parametrize("block,chunk", [(50, 7), (1 << 10, 32)])
-def test_all_pairs_nulls_match_mantel_all_pairs(block, chunk, monkeypatch):
-  # Small tiles: many blocks of pairs (the last one short) and chunks of
-  # permutations; and the default tiles.
+@pytest.mark.parametrize("block,chunk,sum_codes,max_codes,paths", [
+    # Small tiles (many blocks of pairs, the last one short, and chunks of
+    # permutations); the integer metrics (6 values each) summed per code
+    # alone, the continuous one (435 values) looked up by code...
+    (50, 7, 8, 1 << 16, (2, 1, 0)),
+    # ... or read from its float table.
+    (50, 7, 8, 100, (2, 0, 1)),
+    # The default tiles and limits: all three summed per joint code (at
+    # most one per pair: 435).
+    (1 << 10, 32, 1 << 10, 1 << 16, (1, 0, 0)),
+])
+def test_all_pairs_nulls_match_mantel_all_pairs(block, chunk, sum_codes,
+                                                max_codes, paths,
+                                                monkeypatch):
   monkeypatch.setattr(mantel_batch, "_ALL_BLOCK", block)
   monkeypatch.setattr(mantel_batch, "_ALL_CHUNK", chunk)
+  monkeypatch.setattr(mantel_batch, "_SUM_CODES", sum_codes)
+  monkeypatch.setattr(mantel_batch, "_MAX_CODES", max_codes)
   carries = _carries(K, seed=0)
   metrics = _three_metrics()
   i, j = pairwise.pairs_index(K)
@@ -63,11 +75,17 @@ def test_all_pairs_nulls_match_mantel_all_pairs(block, chunk, monkeypatch):
   metric_ranks = np.stack([s(sp_stats.rankdata(m[i, j])) for m in metrics])
   metric_ranks[1] = np.nan  # A metric with a Pearson null only.
   perms = resampling.cell_permutations(40, K, np.random.default_rng(4))
-  nulls = mantel_batch.AllPairsNulls(
+  batch = mantel_batch.AllPairsNulls(
       K, np.stack([s(a[i, j]) for a in carries]),
       np.stack([s(sp_stats.rankdata(a[i, j])) for a in carries]),
-      np.stack([s(m[i, j]) for m in metrics]), metric_ranks)(perms,
-                                                             workers=2)
+      np.stack([s(m[i, j]) for m in metrics]), metric_ranks)
+  # Sources summed per code, looked up by code, read from float tables.
+  assert (len(batch.sums),
+          sum(t is not None for t, *_ in batch.sources),
+          sum(t is None for t, *_ in batch.sources)) == paths
+  nulls = batch(perms, workers=2)
+  with pytest.raises(ValueError, match="permutations"):
+    batch(np.full((1, K), K))  # Unchecked indices in the compiled sums.
   for c, a in enumerate(carries):
     for b, m in enumerate(metrics):
       x, y = a[i, j], m[i, j]

@@ -19,10 +19,13 @@ standardised metric (both symmetric, values or ranks)::
 (substitute the pair ``{u, v} = {perm(i_m), perm(j_m)}``: as ``m`` runs over
 all pairs so does ``{u, v}``, and ``{sigma(u), sigma(v)} = {i_m, j_m}``). The
 second line permutes the metric instead of the carry, so one gather of the
-metric serves every carry. The gathered values are bit-identical to the
-per-call ones (looked up by the value's code, see :class:`AllPairsNulls`);
-only the order of the sum changes, so the nulls agree to rounding (~1e-16)
-and p-value counts, which allow ``resampling.P_TOL``, are the same.
+metric serves every carry. A metric with few distinct values then needs no
+product per pair: grouping the pairs by the permuted metric's value,
+``null = sum_value value * (sum of za over the pairs with that value)``
+(see :class:`AllPairsNulls`). The values are bit-identical to the per-call
+ones (looked up by the value's code); only the order of the sum changes, so
+the nulls agree to rounding (~1e-16) and p-value counts, which allow
+``resampling.P_TOL``, are the same.
 
 :class:`CarryGatherNulls` computes the first line as written, gathering the
 permuted carries instead: better for few carries against many metrics (see
@@ -30,16 +33,20 @@ its docstring). :class:`CellSubsetNulls` does the same for a metric known
 only on a subset of cells (all pairs among them), keeping today's semantics,
 and :func:`subset_nulls` batches the generic subset path over several
 metrics on the same pairs. Host-side NumPy (and Numba-compiled loops for
-:class:`CarryGatherNulls`' gather and :class:`CellSubsetNulls`) only; never
-call it inside ``jax.jit``.
+:class:`AllPairsNulls`' sums, :class:`CarryGatherNulls`' gather and
+:class:`CellSubsetNulls`) only; never call it inside ``jax.jit``.
 
 Where the time goes at ``K = 1000`` (499,500 pairs) on a 2-core CPU, per
 permutation: :class:`AllPairsNulls` (the six carry views and the shuffled
-control, x 5 metrics, Pearson and Spearman) ~20 ms on one thread, about 60%
-the lookups of the gathered metric values and 40% the matrix products;
-Numba loops over rows of pairs (codes read in order and scattered, values
-looked up in per-metric tables) were no faster, and neither was a fused
-gather-and-multiply loop, so it stays NumPy.
+control, x 5 metrics, Pearson and Spearman) took ~14-26 ms on one thread
+with every metric looked up, about 60% the lookups of the gathered metric
+values and 40% the matrix products; Numba loops over rows of pairs (codes
+read in order and scattered, values looked up in per-metric tables) were no
+faster, and neither was a fused gather-and-multiply loop. Summing per code
+the four metrics with few values (two groups: 2 x 14 additions per pair
+instead of 8 lookups and 56 multiply-adds) leaves ~8 ms of lookups for the
+kernel similarity and ~17 ms of sums, whose loop is bound by its loads and
+stores (about one addition per nanosecond): a modest gain (see README).
 """
 
 from __future__ import annotations
@@ -67,6 +74,11 @@ _ALL_CHUNK = 16
 # Metrics with at most this many distinct values are gathered as uint16 codes
 # (a 2 MB table for K = 1000) and looked up; others as float64.
 _MAX_CODES = 1 << 16
+# AllPairsNulls sums the carries per code of a group of metrics with at most
+# this many joint values (then one product per code), instead of looking up
+# every pair's values: a permutation's sums ([codes, 2 x carries] float64,
+# 112 KB for 7 carries) stay in cache.
+_SUM_CODES = 1 << 10
 
 
 def inverse_permutations(perms: np.ndarray) -> np.ndarray:
@@ -88,25 +100,26 @@ def symmetric_table(k: int, i: np.ndarray, j: np.ndarray,
   return table
 
 
-def joint_codes(keys: list[np.ndarray]) -> list[tuple[list[int],
-                                                      np.ndarray]]:
+def joint_codes(keys: list[np.ndarray], limit: int | None = None
+                ) -> list[tuple[list[int], np.ndarray]]:
   """Merges the distinct-value codes of ``keys`` (each ``[M]``) into joint
-  codes of at most :data:`_MAX_CODES` values, first fit.
+  codes of at most ``limit`` (default :data:`_MAX_CODES`) values, first fit.
 
   Returns ``[(members, code int64[M])]``: ``code`` numbers the distinct
   combinations of the members' values. A key with more distinct values than
   that stands alone.
   """
+  limit = _MAX_CODES if limit is None else limit
   groups: list[tuple[list[int], np.ndarray]] = []
   for b, key in enumerate(keys):
     code = np.unique(key, return_inverse=True)[1].ravel()
     for g, (members, joint) in enumerate(groups):
       size = (int(joint.max()) + 1) * (int(code.max()) + 1)
-      if size > _MAX_CODES * 64:  # Too many to try.
+      if size > limit * 64:  # Too many to try.
         continue
       merged = np.unique(joint * (int(code.max()) + 1) + code,
                          return_inverse=True)[1].ravel()
-      if int(merged.max()) < _MAX_CODES:
+      if int(merged.max()) < limit:
         groups[g] = (members + [b], merged)
         break
     else:
@@ -119,20 +132,32 @@ class AllPairsNulls:
 
   Carries are given over the pairs as :func:`resampling.mantel_all_pairs`
   builds its table (standardised values and ranks), metrics as its target.
-  Per group of metrics (:func:`joint_codes`) a ``[K, K]`` table of the code
-  of the pair's values is gathered once per permutation, and the metrics'
-  standardised values and ranks are looked up by code, a row of every
-  member's value (rank) per lookup, in tables filled with entries of
-  ``metrics_v``/``metrics_r`` themselves (so the gathered numbers are
-  bit-identical to the per-call target); a metric with too many distinct
-  values is gathered from ``float64`` ``[K * K]`` tables directly. Then one
-  matrix product per block of pairs takes every gathered column against
-  every carry.
+  Metrics are coded by their distinct values (:func:`joint_codes`), and a
+  ``[K, K]`` table of each group's code at each pair is gathered once per
+  permutation. Then, two ways:
 
-  The work is tiled as blocks of :data:`_ALL_BLOCK` pairs by
+  * **Sums per code** (groups of at most :data:`_SUM_CODES` joint values,
+    e.g. the edit distances and counts: a few to a few hundred values
+    each). For each code, the sum of every carry's standardised value (and
+    rank) over the pairs whose permuted code it is (:func:`_code_sums`, a
+    Numba loop: 2C additions per pair); the null is then ``sum_code
+    value(code) * sum(code)``, one small product per permutation. The same
+    sum as the lookup's in another order.
+  * **Lookups** (a metric with more values, e.g. a kernel similarity): its
+    standardised values and ranks are looked up by code (uint16, up to
+    :data:`_MAX_CODES` values) or read from ``float64 [K * K]`` tables,
+    and one matrix product per block of pairs takes every gathered column
+    against every carry. The tables are filled with entries of
+    ``metrics_v``/``metrics_r`` themselves, so the gathered numbers are
+    bit-identical to the per-call target.
+
+  The lookups are tiled as blocks of :data:`_ALL_BLOCK` pairs by
   :data:`_ALL_CHUNK` permutations, gathered pair-major (``[pairs,
   permutations, metrics]``): each lookup fetches a row, the tile stays in
-  cache, and the products see all permutations of the chunk at once.
+  cache, and the products see all permutations of the chunk at once. The
+  sums run over blocks of whole rows of about :data:`_ALL_BLOCK` pairs
+  (:func:`row_blocks`), every permutation of the chunk per block, so the
+  block's carry values stay in cache too.
 
   Args:
     k: number of cells.
@@ -153,13 +178,14 @@ class AllPairsNulls:
     # Sources of gathered columns: (flat [K * K] uint16 code table, or None
     # to look up by pair; value table [codes or K * K, members]; rank table
     # [codes or K * K, ranked members] or None; members; ranked members).
-    self.sources = []
+    # self.sums: the same for the groups summed per code (always a table).
+    self.sources, self.sums = [], []
     has_rank = [not np.all(np.isnan(r)) for r in metrics_r]
     # Code by rank where there is one: equal ranks are equal values, whereas
     # two close values could standardise to the same float.
     keys = [r if ok else v for v, r, ok in zip(metrics_v, metrics_r,
                                                has_rank)]
-    for members, code in joint_codes(keys):
+    for members, code in joint_codes(keys, _SUM_CODES):
       ranked = [b for b in members if has_rank[b]]
       if int(code.max()) >= _MAX_CODES:
         (b,) = members
@@ -169,11 +195,17 @@ class AllPairsNulls:
         continue
       first = np.zeros(int(code.max()) + 1, dtype=np.int64)
       first[code] = np.arange(code.size)
-      self.sources.append((
+      source = (
           self._flat(code.astype(np.uint16)),
           np.stack([metrics_v[b][first] for b in members], axis=1),
           np.stack([metrics_r[b][first] for b in ranked], axis=1)
-          if ranked else None, members, ranked))
+          if ranked else None, members, ranked)
+      (self.sums if int(code.max()) < _SUM_CODES
+       else self.sources).append(source)
+    if self.sums:
+      # Both of a pair's carry columns side by side: [M, 2C].
+      self.z = np.concatenate([self.zv, self.zr], axis=1)
+      self.row_blocks = row_blocks(k, _ALL_BLOCK)
 
   def _flat(self, values: np.ndarray) -> np.ndarray:
     return symmetric_table(self.k, self.i, self.j, values)
@@ -182,47 +214,99 @@ class AllPairsNulls:
     """Nulls ``float64[n, C, B, 2]`` (Pearson, Spearman) for ``perms``
     ``int[n, K]`` (the permutations of the carries' cells, as drawn by
     :func:`resampling.cell_permutations`). ``workers`` threads share the
-    permutations (numpy and BLAS release the GIL); every permutation's
-    numbers are the same for any ``workers``."""
+    permutations (numpy, BLAS and the compiled sums release the GIL);
+    every permutation's numbers are the same for any ``workers``."""
+    if self.sums:  # The compiled sums do not check their indices.
+      _check_permutations(np.asarray(perms), self.k)
     return _chunked(self._chunk, inverse_permutations(perms), workers,
                     (self.zv.shape[1], self.num_metrics, 2))
 
   def _chunk(self, inv: np.ndarray) -> np.ndarray:
     """:meth:`__call__` for the inverse permutations ``inv`` ``[P, K]``."""
+    num_p, num_c = inv.shape[0], self.zv.shape[1]
+    out = np.full((num_p, num_c, self.num_metrics, 2), np.nan)
     with blas.single_threaded():  # Parallel over chunks instead.
-      num_p, num_c = inv.shape[0], self.zv.shape[1]
-      inv_t = np.ascontiguousarray(inv.T)                     # [K, P]
-      row_k = inv_t * self.k
-      acc = [(np.zeros((num_p * len(members), num_c)),
-              np.zeros((num_p * len(ranked), num_c)))
-             for *_, members, ranked in self.sources]
-      for start in range(0, self.i.size, _ALL_BLOCK):
-        stop = min(self.i.size, start + _ALL_BLOCK)
-        b = stop - start
-        # Flat index of the permuted pairs (inv[i], inv[j]), [b, P];
-        # mode="clip" only skips the bounds check: indices are in range.
-        idx = np.take(row_k, self.i[start:stop], axis=0, mode="clip")
-        idx += np.take(inv_t, self.j[start:stop], axis=0, mode="clip")
-        zv, zr = self.zv[start:stop], self.zr[start:stop]
-        for (table, values, ranks, _, _), (acc_v, acc_r) in zip(
-            self.sources, acc):
-          at = idx if table is None else np.take(
-              table, idx, mode="clip").astype(np.intp)
-          acc_v += np.take(values, at, axis=0, mode="clip").reshape(
-              b, -1).T @ zv
-          if ranks is not None:
-            acc_r += np.take(ranks, at, axis=0, mode="clip").reshape(
-                b, -1).T @ zr
-      out = np.full((num_p, num_c, self.num_metrics, 2), np.nan)
-      for (*_, members, ranked), (acc_v, acc_r) in zip(self.sources, acc):
-        # Rows of acc are (permutation, member), permutation-major.
-        acc_v = acc_v.reshape(num_p, len(members), num_c)
-        acc_r = acc_r.reshape(num_p, len(ranked), num_c)
-        for q, b in enumerate(members):
-          out[:, :, b, 0] = acc_v[:, q]
+      if self.sums:
+        self._summed(inv, out)
+      if self.sources:
+        self._looked_up(inv, out)
+    return out
+
+  def _summed(self, inv: np.ndarray, out: np.ndarray) -> None:
+    """Fills ``out`` for the metrics of :attr:`sums`."""
+    num_p, num_c = inv.shape[0], self.zv.shape[1]
+    inv = np.ascontiguousarray(inv, dtype=np.int64)
+    sums = [np.zeros((num_p, values.shape[0], 2 * num_c))
+            for _, values, *_ in self.sums]
+    for i0, i1, m0, _ in self.row_blocks:
+      for (table, *_), acc in zip(self.sums, sums):
+        _code_sums(inv, i0, i1, m0, table, self.z, acc)
+    for (_, values, ranks, members, ranked), acc in zip(self.sums, sums):
+      # null[p, c, b] = sum over codes q of value[q, b] * acc[p, q, c].
+      nulls = np.einsum("pqc,qb->pcb", acc[..., :num_c], values)
+      for q, b in enumerate(members):
+        out[:, :, b, 0] = nulls[:, :, q]
+      if ranked:
+        nulls = np.einsum("pqc,qb->pcb", acc[..., num_c:], ranks)
         for q, b in enumerate(ranked):
-          out[:, :, b, 1] = acc_r[:, q]
-      return out
+          out[:, :, b, 1] = nulls[:, :, q]
+
+  def _looked_up(self, inv: np.ndarray, out: np.ndarray) -> None:
+    """Fills ``out`` for the metrics of :attr:`sources`."""
+    num_p, num_c = inv.shape[0], self.zv.shape[1]
+    inv_t = np.ascontiguousarray(inv.T)                     # [K, P]
+    row_k = inv_t * self.k
+    acc = [(np.zeros((num_p * len(members), num_c)),
+            np.zeros((num_p * len(ranked), num_c)))
+           for *_, members, ranked in self.sources]
+    for start in range(0, self.i.size, _ALL_BLOCK):
+      stop = min(self.i.size, start + _ALL_BLOCK)
+      b = stop - start
+      # Flat index of the permuted pairs (inv[i], inv[j]), [b, P];
+      # mode="clip" only skips the bounds check: indices are in range.
+      idx = np.take(row_k, self.i[start:stop], axis=0, mode="clip")
+      idx += np.take(inv_t, self.j[start:stop], axis=0, mode="clip")
+      zv, zr = self.zv[start:stop], self.zr[start:stop]
+      for (table, values, ranks, _, _), (acc_v, acc_r) in zip(
+          self.sources, acc):
+        at = idx if table is None else np.take(
+            table, idx, mode="clip").astype(np.intp)
+        acc_v += np.take(values, at, axis=0, mode="clip").reshape(
+            b, -1).T @ zv
+        if ranks is not None:
+          acc_r += np.take(ranks, at, axis=0, mode="clip").reshape(
+              b, -1).T @ zr
+    for (*_, members, ranked), (acc_v, acc_r) in zip(self.sources, acc):
+      # Rows of acc are (permutation, member), permutation-major.
+      acc_v = acc_v.reshape(num_p, len(members), num_c)
+      acc_r = acc_r.reshape(num_p, len(ranked), num_c)
+      for q, b in enumerate(members):
+        out[:, :, b, 0] = acc_v[:, q]
+      for q, b in enumerate(ranked):
+        out[:, :, b, 1] = acc_r[:, q]
+
+
+@numba.njit(cache=True, nogil=True)
+def _code_sums(inv: np.ndarray, i0: int, i1: int, m0: int,
+               table: np.ndarray, z: np.ndarray, acc: np.ndarray) -> None:
+  """``acc[p, table[inv[p, i] * K + inv[p, j]]] += z[m]`` for the pairs
+  ``m = (i, j)``, ``i0 <= i < i1``, ``i < j``, in row-major order (``m0``
+  the first pair of row ``i0``), for every permutation ``p`` of ``inv``:
+  each code's sum of the carry columns ``z`` over the pairs whose permuted
+  pair has that code."""
+  k = inv.shape[1]
+  width = z.shape[1]
+  for p in range(inv.shape[0]):
+    sigma = inv[p]
+    sums = acc[p]
+    m = m0
+    for i in range(i0, i1):
+      base = sigma[i] * k
+      for j in range(i + 1, k):
+        code = table[base + sigma[j]]
+        for x in range(width):
+          sums[code, x] += z[m, x]
+        m += 1
 
 
 def _chunked(fn, perms: np.ndarray, workers: int, shape: tuple[int, ...]
