@@ -147,9 +147,11 @@ def breakdown(args) -> dict:
   arch = jnp.asarray(search_space.sample_uniform(k[3], n, 1)[0])
   tokens = jnp.zeros((t, b), jnp.int32)
   carry = supernet.init_carry(b, config)
-  cell = jax.jit(jax.grad(lambda p: supernet.loss(
-      p, arch, tokens, tokens, carry, config=config, key=k[0], train=True)[0]))
-  cell_s = _best_time(cell, params)
+  # The cell is an argument, as in training: a constant would let XLA fold
+  # the activation switches and the input selects away.
+  cell = jax.jit(jax.grad(lambda p, a: supernet.loss(
+      p, a, tokens, tokens, carry, config=config, key=k[0], train=True)[0]))
+  cell_s = _best_time(cell, params, arch)
 
   steps = 200
   w = 0.01 * jax.random.normal(k[1], (h, 2 * h))
