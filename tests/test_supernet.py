@@ -426,8 +426,7 @@ def test_recurrence_vjp_matches_autodiff(params, batch, monkeypatch,
   """The hand-written backward of the recurrence (weight gradients as one
   matmul per node after the reverse scan) gives autodiff's gradients, for
   every parameter and the incoming carry, per cell and (float32) under
-  ``vmap``; with
-  a norm clip that binds on most steps so its VJP is exercised."""
+  ``vmap``, with a norm clip that binds so that its VJP is exercised."""
   config = dataclasses.replace(CFG, hidden_clip=0.8,
                                compute_dtype=compute_dtype)
   inputs, carry = batch
@@ -443,9 +442,9 @@ def test_recurrence_vjp_matches_autodiff(params, batch, monkeypatch,
     return jax.grad(loss_fn, argnums=(0, 2))
 
   grad = make_grad()
-  # The clip binds: the first step's state norms exceed it.
-  _, state = apply(params, cells[0], inputs[:1], carry, config=dataclasses.replace(
-      config, hidden_clip=1e6))
+  # The clip binds: the first step's unclipped state norms exceed it.
+  _, state = apply(params, cells[0], inputs[:1], carry,
+                   config=dataclasses.replace(config, hidden_clip=1e6))
   assert np.all(np.linalg.norm(state, axis=-1) > config.hidden_clip)
   got = [jax.block_until_ready(jax.jit(grad)(params, cell, carry))
          for cell in cells]
