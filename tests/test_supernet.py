@@ -448,9 +448,9 @@ def test_recurrence_vjp_matches_autodiff(params, batch, monkeypatch,
   assert np.all(np.linalg.norm(state, axis=-1) > config.hidden_clip)
   got = [jax.block_until_ready(jax.jit(grad)(params, cell, carry))
          for cell in cells]
-  # Under vmap on the CPU, bfloat16 fails before and after the custom VJP:
-  # XLA:CPU has no bf16 x bf16 -> f32 dot for x W_x's weight gradient when
-  # only the cotangent is batched ("Unsupported element type for
+  # Under vmap on the CPU, this bfloat16 gradient (parameters and carry)
+  # fails before and after the custom VJP: XLA:CPU lacks one of its
+  # bf16 x bf16 -> f32 dots ("Unsupported element type for
   # DotThunk::Execute").
   got_vmap = None if compute_dtype == "bfloat16" else jax.block_until_ready(
       jax.jit(jax.vmap(grad, in_axes=(None, 0, None)))(params, cells, carry))
