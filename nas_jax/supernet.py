@@ -219,13 +219,15 @@ def _mm(a, b, config):
   return _mm_bf16(a.astype(jnp.float32), b.astype(jnp.float32))
 
 
-def _mm_t(a, g, config):
+def _mm_t(a, g, compute_dtype):
   """``sum over leading axes of a^T g``: ``a [..., K]``, ``g [..., N]`` ->
-  ``[K, N]`` (a weight's gradient), in the config's ``compute_dtype`` like
-  :func:`_mm` (bfloat16 operands, float32 accumulation and result)."""
+  ``[K, N]`` (a weight's gradient) in ``compute_dtype``, like :func:`_mm`
+  (``"bfloat16"``: bfloat16 operands, float32 accumulation and result)."""
   a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
-  if config.compute_dtype == "float32":
+  if compute_dtype == "float32":
     return a2.T @ g2
+  # As a 2-D a^T g: XLA:CPU has no bf16 x bf16 -> f32 kernel for the
+  # dot_general contracting a's and g's leading axes directly.
   return jnp.matmul(a2.T.astype(jnp.bfloat16), g2.astype(jnp.bfloat16),
                     preferred_element_type=jnp.float32)
 
@@ -251,13 +253,8 @@ def _mm_bf16_fwd(a, b):
 def _mm_bf16_bwd(residuals, g):
   a16, b16 = residuals
   g16 = g.astype(jnp.bfloat16)
-  k, n = b16.shape
   da = jnp.matmul(g16, b16.T, preferred_element_type=jnp.float32)
-  # As a 2-D a^T g: XLA:CPU has no bf16 x bf16 -> f32 kernel for the
-  # dot_general contracting a's and g's leading axes directly.
-  db = jnp.matmul(a16.reshape(-1, k).T, g16.reshape(-1, n),
-                  preferred_element_type=jnp.float32)
-  return da, db
+  return da, _mm_t(a16, g16, "bfloat16")
 
 
 _mm_bf16.defvjp(_mm_bf16_fwd, _mm_bf16_bwd)
@@ -342,16 +339,17 @@ def _recurrence_bwd(config, residuals, cotangents):
 
   def step(dh_next, xs):
     z, h_in, d_out = xs  # N x [B, 2H], N x [B, H], [B, H]
-    last = _highway(z[n - 1], acts[n - 1], h_in[n - 1])
-    _, clip_vjp = jax.vjp(lambda h: _clip_norm(h, config.hidden_clip), last)
     # d_nodes[l]: the gradient reaching node l's output, complete once every
     # later node (the only readers of node l) has been visited.
     d_nodes = [loose[l] * d_out for l in range(n)]
-    d_nodes[n - 1] = d_nodes[n - 1] + clip_vjp(dh_next)[0]
     dz = [None] * n
     for l in reversed(range(n)):
-      _, highway_vjp = jax.vjp(
+      node, highway_vjp = jax.vjp(
           lambda z_l, h, l=l: _highway(z_l, acts[l], h), z[l], h_in[l])
+      if l == n - 1:  # The next state is the last node, clipped.
+        _, clip_vjp = jax.vjp(
+            lambda h: _clip_norm(h, config.hidden_clip), node)
+        d_nodes[l] = d_nodes[l] + clip_vjp(dh_next)[0]
       dz[l], dh = highway_vjp(d_nodes[l])
       dh = dh + _mm(dz[l], w_all_t[l], config)
       if l == 0:
@@ -363,7 +361,8 @@ def _recurrence_bwd(config, residuals, cotangents):
 
   d_carry, dzs = jax.lax.scan(step, d_carry, (zs, ins, d_outputs),
                               reverse=True)  # dzs: N x [T, B, 2H]
-  d_w_all = jnp.stack([_mm_t(ins[l], dzs[l], config) for l in range(n)])
+  d_w_all = jnp.stack([_mm_t(ins[l], dzs[l], config.compute_dtype)
+                       for l in range(n)])
   return dzs[0], d_carry, d_w_all, None, None, None
 
 

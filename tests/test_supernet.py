@@ -446,8 +446,8 @@ def test_recurrence_vjp_matches_autodiff(params, batch, monkeypatch,
   _, state = apply(params, cells[0], inputs[:1], carry,
                    config=dataclasses.replace(config, hidden_clip=1e6))
   assert np.all(np.linalg.norm(state, axis=-1) > config.hidden_clip)
-  got = [jax.block_until_ready(jax.jit(grad)(params, cell, carry))
-         for cell in cells]
+  jitted = jax.jit(grad)
+  got = [jax.block_until_ready(jitted(params, cell, carry)) for cell in cells]
   # Under vmap on the CPU, this bfloat16 gradient (parameters and carry)
   # fails before and after the custom VJP: XLA:CPU lacks one of its
   # bf16 x bf16 -> f32 dots ("Unsupported element type for

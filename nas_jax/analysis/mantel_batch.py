@@ -218,8 +218,8 @@ class AllPairsNulls:
     :func:`resampling.cell_permutations`). ``workers`` threads share the
     permutations (numpy, BLAS and the compiled sums release the GIL);
     every permutation's numbers are the same for any ``workers``."""
-    if self.sums:  # The compiled sums do not check their indices.
-      _check_permutations(np.asarray(perms), self.k)
+    # Neither the compiled sums nor the lookups (mode="clip") check indices.
+    _check_permutations(np.asarray(perms), self.k)
     return _chunked(self._chunk, inverse_permutations(perms), workers,
                     (self.zv.shape[1], self.num_metrics, 2))
 
@@ -244,13 +244,11 @@ class AllPairsNulls:
         _code_sums(inv, i0, i1, m0, table, self.z, acc)
     for (_, values, ranks, members, ranked), acc in zip(self.sums, sums):
       # null[p, c, b] = sum over codes q of value[q, b] * acc[p, q, c].
-      nulls = np.einsum("pqc,qb->pcb", acc[..., :num_c], values)
-      for q, b in enumerate(members):
-        out[:, :, b, 0] = nulls[:, :, q]
+      out[:, :, members, 0] = np.einsum("pqc,qb->pcb", acc[..., :num_c],
+                                        values)
       if ranked:
-        nulls = np.einsum("pqc,qb->pcb", acc[..., num_c:], ranks)
-        for q, b in enumerate(ranked):
-          out[:, :, b, 1] = nulls[:, :, q]
+        out[:, :, ranked, 1] = np.einsum("pqc,qb->pcb", acc[..., num_c:],
+                                         ranks)
 
   def _looked_up(self, inv: np.ndarray, out: np.ndarray) -> None:
     """Fills ``out`` for the metrics of :attr:`sources`."""
@@ -279,12 +277,10 @@ class AllPairsNulls:
               b, -1).T @ zr
     for (*_, members, ranked), (acc_v, acc_r) in zip(self.sources, acc):
       # Rows of acc are (permutation, member), permutation-major.
-      acc_v = acc_v.reshape(num_p, len(members), num_c)
-      acc_r = acc_r.reshape(num_p, len(ranked), num_c)
-      for q, b in enumerate(members):
-        out[:, :, b, 0] = acc_v[:, q]
-      for q, b in enumerate(ranked):
-        out[:, :, b, 1] = acc_r[:, q]
+      out[:, :, members, 0] = acc_v.reshape(
+          num_p, len(members), num_c).transpose(0, 2, 1)
+      out[:, :, ranked, 1] = acc_r.reshape(
+          num_p, len(ranked), num_c).transpose(0, 2, 1)
 
 
 @numba.njit(cache=True, nogil=True)
